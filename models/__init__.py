@@ -1,0 +1,41 @@
+"""``stexport.models``: faithful PyTorch definitions of the supported video models and their registry.
+
+Every public module in this package (name without a leading underscore) is a model family that registers its
+variants on import; the registry is filled by importing this package.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from pathlib import Path
+
+import torch
+
+from ._base import ClipModel, State, StreamModel, VideoModel, pack_clip, unpack_clip
+from ._checkpoint import CheckpointMismatchError, load_checkpoint, load_state_dict_strict
+from ._registry import ModelEntry, Preprocess, UnknownNameError, entries, get_entry, register
+
+for _info in pkgutil.iter_modules(__path__):
+    if not _info.name.startswith("_"):
+        importlib.import_module(f"{__name__}.{_info.name}")
+
+
+def create_model(name: str, *, checkpoint: str | Path | None = None, num_classes: int | None = None,
+                 **overrides: object) -> VideoModel:
+    """Build registered model ``name`` in eval mode, optionally loading the authors' released ``checkpoint``."""
+    entry = get_entry(name)
+    kwargs = {**entry.defaults, **overrides, "num_classes": num_classes or entry.num_classes}
+    model = entry.build(**kwargs)
+    if checkpoint is not None:
+        load_checkpoint(model, checkpoint, entry)
+    model.eval()
+    model.registry_name = name  # type: ignore[assignment]
+    return model  # type: ignore[return-value]
+
+
+__all__ = [
+    "CheckpointMismatchError", "ClipModel", "ModelEntry", "Preprocess", "State", "StreamModel", "UnknownNameError",
+    "VideoModel", "create_model", "entries", "get_entry", "load_checkpoint", "load_state_dict_strict", "pack_clip",
+    "register", "unpack_clip",
+]
