@@ -1,0 +1,1 @@
+"""stexport.benchmarks: measured side by side, results under benchmarks/results/."""

@@ -1,0 +1,19 @@
+"""Errors the CLI turns into clear messages (no traceback)."""
+
+from __future__ import annotations
+
+
+class StexportError(RuntimeError):
+    """A user-facing failure; the message says what to do."""
+
+
+class MissingExtraError(StexportError):
+    """A target's converter or runtime is not installed."""
+
+    def __init__(self, target: str, extra: str, missing: str) -> None:
+        super().__init__(f"target {target!r} needs {missing}, which is not installed. "
+                         f"Install it with: pip install 'stexport[{extra}]'")
+
+
+class ParityError(StexportError):
+    """The exported artifact does not reproduce PyTorch within the gate's tolerance."""

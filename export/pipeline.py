@@ -1,0 +1,183 @@
+"""One export, stage by stage: build -> load -> export -> verify -> write (atomic bundle)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stexport.bundle import staged_bundle
+from stexport.errors import ParityError, StexportError
+from stexport.frames import preprocess, synthetic_frames
+from stexport.manifest import build_golden, build_manifest, model_facts
+from stexport.models import ModelEntry, Preprocess, VideoModel, create_model, get_entry, pack_clip
+from stexport.parity import compare, feeds_for, run_loop, stream_vs_clip, torch_runner
+from stexport.spec import Form, GraphModule, IOSpec, build_spec
+from stexport.targets import get_target
+
+Progress = Callable[[str], None]
+STAGES = ("build", "load", "export", "verify", "write")
+
+
+def stderr_progress(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@contextmanager
+def _stage(progress: Progress, name: str, detail: str = "") -> Iterator[None]:
+    i = STAGES.index(name) + 1
+    t0 = time.perf_counter()
+    progress(f"[{i}/{len(STAGES)}] {name:<6} {detail}".rstrip())
+    yield
+    progress(f"      {name} done in {time.perf_counter() - t0:.1f}s")
+
+
+def _labels(entry: ModelEntry | None, num_classes: int) -> tuple[list[str], str]:
+    if entry is not None and entry.labels:
+        text = files("stexport").joinpath("labels", entry.labels).read_text(encoding="utf-8")
+        labels = [line for line in text.splitlines() if line.strip()]
+        if len(labels) == num_classes:
+            return labels, entry.labels
+    return [f"class_{i}" for i in range(num_classes)], "generated (class_<index>)"
+
+
+def _default_preprocess(model: VideoModel) -> Preprocess:
+    return Preprocess(size=model.frame_size())
+
+
+def export(model: str | torch.nn.Module, *, target: str, out: str | Path = "out", precision: str = "fp32",
+           checkpoint: str | Path | None = None, verify: bool = True, form: Form | None = None,
+           steps: int = 16, threads: int = 1, progress: Progress | None = None) -> Path:
+    """Export and verify; returns the bundle folder ``<out>/<model>/<target>/``. See `stexport.export`."""
+    say = progress or stderr_progress
+    tgt = get_target(target)
+    if precision not in tgt.precisions:
+        raise StexportError(f"precision {precision!r} is not available for target {target!r}; "
+                            f"choose one of {', '.join(tgt.precisions)}")
+    impl = tgt.load()  # a missing extra fails here, before any work
+
+    with _stage(say, "build", model if isinstance(model, str) else type(model).__name__):
+        if isinstance(model, str):
+            name = model
+            entry: ModelEntry | None = get_entry(name)
+            module = create_model(name) if checkpoint is None else None
+        else:
+            name = str(getattr(model, "registry_name", type(model).__name__.lower()))
+            entry = _entry_or_none(name)
+            module = model.eval()
+    with _stage(say, "load", str(checkpoint) if checkpoint else "no checkpoint: parameters as built"):
+        if module is None:
+            module = create_model(name, checkpoint=checkpoint)
+        elif checkpoint is not None:
+            from stexport.models import load_checkpoint
+
+            if entry is None:
+                raise StexportError(f"cannot load a released checkpoint into unregistered module {name!r}")
+            load_checkpoint(module, checkpoint, entry)
+    vm: VideoModel = module  # type: ignore[assignment]
+    form = form or ("stream" if vm.streaming else "clip")
+    spec = build_spec(vm, form=form)
+    graph = GraphModule(vm, spec).eval()
+    pre = entry.preprocess if entry else _default_preprocess(vm)
+    labels, label_source = _labels(entry, int(vm.num_classes))
+    final = Path(out) / name / target
+    artifact_name = f"{name}_{precision}{tgt.suffix}"
+
+    with staged_bundle(final) as staging:
+        artifact = staging / artifact_name
+        with _stage(say, "export", f"{name} -> {target} ({precision}, {form} form)"):
+            t0 = time.perf_counter()
+            converter = impl.convert(graph, spec, artifact, precision=precision,
+                                     metadata=artifact_metadata(name, spec, pre, entry))
+            export_seconds = time.perf_counter() - t0
+        h, w = vm.frame_size()
+        n_frames = steps if form == "stream" else int(vm.num_frames)
+        frames_u8 = synthetic_frames(n_frames, h, w)
+        data = preprocess(frames_u8, pre)
+        if form == "clip":
+            data = pack_clip(data.transpose(0, 1).unsqueeze(0), spec.inputs[0].layout)
+        ref = run_loop(torch_runner(graph), spec, feeds_for(spec, data))
+        with _stage(say, "verify", "parity gate" if verify else "skipped (--no-verify)"):
+            parity = _verify(impl, tgt.name, artifact, spec, ref, vm, data, precision, form, threads) if verify else \
+                {"skipped": True, "reason": "--no-verify: the artifact was not compared with PyTorch"}
+            if verify:
+                say("      " + _parity_line(parity))
+        with _stage(say, "write", str(final)):
+            info = model_facts(vm, entry, name=name, form=form)
+            size = _size(artifact)
+            manifest = build_manifest(model_info=info, pre=pre, spec=spec, target=target, artifact=artifact_name,
+                                      artifact_bytes=size, precision=precision, converter=converter, parity=parity,
+                                      labels=label_source, export_seconds=export_seconds)
+            (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+            golden = build_golden(frames_u8=frames_u8, spec=spec, trace=ref, labels=labels)
+            (staging / "golden.json").write_text(json.dumps(golden) + "\n")
+            (staging / "labels.txt").write_text("\n".join(labels) + "\n")
+            if verify and not parity["passed"]:
+                raise ParityError(f"parity gate failed for {name} -> {target}: {_parity_line(parity)}")
+    return final
+
+
+def artifact_metadata(name: str, spec: IOSpec, pre: Preprocess, entry: ModelEntry | None) -> dict[str, str]:
+    """Key facts embedded in the artifact itself (ONNX metadata_props, Core ML user_defined_metadata)."""
+    return {
+        "stexport.model": name,
+        "stexport.form": spec.form,
+        "stexport.inputs": ",".join(spec.input_names),
+        "stexport.outputs": ",".join(spec.output_names),
+        "stexport.states": json.dumps([s.to_json() for s in spec.states]),
+        "stexport.preprocessing": json.dumps({"size": list(pre.size), "value_range": list(pre.value_range),
+                                              "mean": list(pre.mean), "std": list(pre.std)}),
+        "description": entry.description if entry and entry.description else f"{name} ({spec.form} form)",
+    }
+
+
+def _entry_or_none(name: str) -> ModelEntry | None:
+    try:
+        return get_entry(name)
+    except KeyError:
+        return None
+
+
+def _size(path: Path) -> int:
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+    return path.stat().st_size
+
+
+def _verify(impl: Any, target: str, artifact: Path, spec: Any, ref: Any, model: VideoModel, data: torch.Tensor,
+            precision: str, form: str, threads: int) -> dict[str, Any]:
+    report: dict[str, Any] = {"target": target, "precision": precision, "form": form}
+    if form == "stream":
+        report["pytorch_stream_vs_clip"] = stream_vs_clip(model, data)
+    try:
+        runner = impl.Runner(artifact, spec, threads=threads)
+    except RuntimeError as e:  # Core ML off macOS: the spec was checked at export
+        if type(e).__name__ != "RuntimeUnavailable":
+            raise
+        report.update({"executed": False, "reason": str(e), "passed": True, "spec_checked": True})
+        return report
+    got = run_loop(runner.run, spec, [{k: v for k, v in s.items() if k in ("frame", "clip")} for s in ref.inputs])
+    report.update({"executed": True, "runtime": f"{runner.name} {runner.version}"})
+    report.update(compare(spec, ref, got, precision=precision))
+    stream_check = report.get("pytorch_stream_vs_clip")
+    if stream_check is not None and not stream_check["passed"]:
+        report["passed"] = False
+    return report
+
+
+def _parity_line(p: dict[str, Any]) -> str:
+    if not p.get("executed", True):
+        return f"not executed here ({p.get('reason')})"
+    s = f"logits max abs err {p['max_abs_err']['logits']:.2g} (tol {p['tolerance']['logits_max_abs']:g}) over " \
+        f"{p['steps']} step(s), top-1 agreement {p['top1_agreement']:.0%}"
+    if "pytorch_stream_vs_clip" in p:
+        s += f"; PyTorch stream vs clip {p['pytorch_stream_vs_clip']['max_abs_err']:.2g}"
+    return s
+

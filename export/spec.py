@@ -1,0 +1,137 @@
+"""The I/O contract of one exported model: every tensor named, with shape, dtype, layout and init.
+
+Stream form (causal stream models, and clip models' ring-buffer form): inputs ``frame`` then one input per state
+in ``init_state()`` order; outputs ``logits`` then ``<state>_out`` in the same order.
+Clip form: input ``clip`` (in the model's packed ``clip_layout``), output ``logits``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import torch
+from torch import Tensor, nn
+
+Form = Literal["stream", "clip"]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    layout: str = ""
+    role: str = ""  # "frame", "clip", "state", "state_out", "logits"
+    init: str | None = None  # "zeros" for states
+
+    def to_json(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["shape"] = list(self.shape)
+        return {k: v for k, v in d.items() if v not in (None, "")}
+
+
+@dataclass(frozen=True)
+class StateSpec:
+    name: str
+    output: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    init: str = "zeros"
+    layout: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "output": self.output, "shape": list(self.shape), "dtype": self.dtype,
+                "init": self.init, **({"layout": self.layout} if self.layout else {})}
+
+
+@dataclass(frozen=True)
+class IOSpec:
+    form: Form
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    states: tuple[StateSpec, ...] = field(default=())
+
+    @property
+    def input_names(self) -> list[str]:
+        return [t.name for t in self.inputs]
+
+    @property
+    def output_names(self) -> list[str]:
+        return [t.name for t in self.outputs]
+
+    @property
+    def state_names(self) -> list[str]:
+        return [s.name for s in self.states]
+
+    def example_inputs(self, *, seed: int = 0) -> dict[str, Tensor]:
+        """Tracing inputs: a random frame/clip and zero states (shapes only matter)."""
+        g = torch.Generator().manual_seed(seed)
+        return {t.name: (torch.zeros(t.shape) if t.role == "state" else torch.rand(t.shape, generator=g))
+                for t in self.inputs}
+
+
+def _state_layout(shape: tuple[int, ...]) -> str:
+    return "NCHW"[: len(shape)] if len(shape) <= 4 else ""
+
+
+def build_spec(model: nn.Module, *, form: Form, batch_size: int = 1) -> IOSpec:
+    """Derive the contract from the model itself (``init_state`` names and shapes, a probe for logits)."""
+    num_classes = int(model.num_classes)  # type: ignore[arg-type]
+    h, w = model.frame_size()  # type: ignore[operator]
+    logits = TensorSpec("logits", (batch_size, num_classes), role="logits", layout="NK")
+    if form == "clip":
+        from stexport.models import pack_clip
+
+        layout = str(model.clip_layout)
+        t = int(model.num_frames)  # type: ignore[arg-type]
+        shape = tuple(pack_clip(torch.empty(batch_size, 3, t, h, w, device="meta"), layout).shape)
+        return IOSpec("clip", (TensorSpec("clip", shape, layout=layout, role="clip"),), (logits,))
+    init = model.init_state(batch_size)  # type: ignore[operator]
+    states = []
+    for name, value in init.items():
+        if not name.isidentifier() or name.lower() != name or name in ("frame", "logits", "clip"):
+            raise ValueError(f"state name {name!r} is not a lower-case identifier usable as a tensor name")
+        if value.dim() > 4:
+            raise ValueError(f"state {name!r} has rank {value.dim()} > 4; states must be at most 4D")
+        if torch.count_nonzero(value) != 0:
+            raise ValueError(f"state {name!r} does not start at zero")
+        states.append(StateSpec(name, f"{name}_out", tuple(value.shape), str(value.dtype).replace("torch.", ""),
+                                layout=_state_layout(tuple(value.shape))))
+    frame = TensorSpec("frame", (batch_size, 3, h, w), layout="NCHW", role="frame")
+    ins = (frame, *(TensorSpec(s.name, s.shape, s.dtype, s.layout, "state", "zeros") for s in states))
+    outs = (logits, *(TensorSpec(s.output, s.shape, s.dtype, s.layout, "state_out") for s in states))
+    return IOSpec("stream", ins, outs, tuple(states))
+
+
+class GraphModule(nn.Module):
+    """A module whose ``forward`` takes exactly the spec's inputs (positional or by name) and returns the outputs.
+
+    ``as_dict=False``: a tuple in ``spec.output_names`` order (ONNX, ExecuTorch, Core ML).
+    ``as_dict=True``: a dict keyed by output name (LiteRT signatures take their output names from it).
+    """
+
+    def __init__(self, model: nn.Module, spec: IOSpec, *, as_dict: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.spec = spec
+        self.as_dict = as_dict
+        params = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in spec.input_names]
+        self._signature = inspect.Signature(params)
+
+        def forward(self: GraphModule, *args: Tensor, **kwargs: Tensor) -> Any:
+            return self._run(self._signature.bind(*args, **kwargs).arguments)
+
+        forward.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+            [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *params])
+        self.forward = types.MethodType(forward, self)  # type: ignore[method-assign]
+
+    def _run(self, inputs: dict[str, Tensor]) -> Any:
+        if self.spec.form == "clip":
+            outs = {"logits": self.model.forward_packed(inputs["clip"])}  # type: ignore[operator]
+        else:
+            logits, new = self.model.step(inputs["frame"], {k: inputs[k] for k in self.spec.state_names})  # type: ignore[operator]
+            outs = {"logits": logits, **{s.output: new[s.name] for s in self.spec.states}}
+        return outs if self.as_dict else tuple(outs[n] for n in self.spec.output_names)

@@ -1,0 +1,90 @@
+"""Core ML: coremltools ML program (``.mlpackage``), state as ordinary inputs and outputs (runs on iOS 15+).
+
+Core ML only executes on macOS/iOS: elsewhere the exporter checks the spec (names, shapes, dtypes, metadata)
+and `Runner` raises `RuntimeUnavailable`, which the parity gate records as "spec checked, not executed".
+"""
+
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from stexport.spec import GraphModule, IOSpec
+
+
+class RuntimeUnavailable(RuntimeError):
+    pass
+
+
+def convert(graph: GraphModule, spec: IOSpec, path: Path, *, precision: str,
+            metadata: dict[str, str]) -> dict[str, Any]:
+    import coremltools as ct
+
+    example = spec.example_inputs()
+    args = tuple(example[n] for n in spec.input_names)
+    with torch.no_grad():
+        traced = torch.jit.trace(graph, args)
+    model = ct.convert(
+        traced,
+        inputs=[ct.TensorType(name=t.name, shape=t.shape, dtype=np.float32) for t in spec.inputs],
+        outputs=[ct.TensorType(name=n, dtype=np.float32) for n in spec.output_names],
+        convert_to="mlprogram",
+        compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
+        minimum_deployment_target=ct.target.iOS15,
+    )
+    model.user_defined_metadata.update(metadata)
+    model.short_description = metadata.get("description", "")
+    model.save(str(path))
+    check_spec(path, spec)
+    return {"converter": "coremltools", "coremltools": ct.__version__, "minimum_deployment_target": "iOS15"}
+
+
+def check_spec(path: Path, spec: IOSpec) -> dict[str, Any]:
+    """Read the saved package back and compare its feature names, shapes and dtypes with the spec."""
+    import coremltools as ct
+
+    desc = ct.models.MLModel(str(path), skip_model_load=True).get_spec().description
+    got_in = {f.name: tuple(f.type.multiArrayType.shape) for f in desc.input}
+    want_in = {t.name: tuple(t.shape) for t in spec.inputs}
+    got_out = [f.name for f in desc.output]
+    problems = []
+    if got_in != want_in:
+        problems.append(f"inputs {got_in} != {want_in}")
+    if got_out != spec.output_names:
+        problems.append(f"outputs {got_out} != {spec.output_names}")
+    bad_dtype = [f.name for f in list(desc.input) + list(desc.output)
+                 if f.type.multiArrayType.dataType != ct.proto.FeatureTypes_pb2.ArrayFeatureType.FLOAT32]
+    if bad_dtype:
+        problems.append(f"not float32: {bad_dtype}")
+    if problems:
+        raise RuntimeError("Core ML package does not match the contract: " + "; ".join(problems))
+    return {"inputs": list(got_in), "outputs": got_out}
+
+
+def read_metadata(path: Path) -> dict[str, str]:
+    import coremltools as ct
+
+    return dict(ct.models.MLModel(str(path), skip_model_load=True).user_defined_metadata)
+
+
+class Runner:
+    """Core ML prediction (macOS only)."""
+
+    name = "coreml"
+
+    def __init__(self, path: Path, spec: IOSpec, *, threads: int = 1) -> None:
+        if platform.system() != "Darwin":
+            raise RuntimeUnavailable("Core ML models execute only on macOS/iOS; the spec was checked instead")
+        import coremltools as ct
+
+        self.model = ct.models.MLModel(str(path), compute_units=ct.ComputeUnit.CPU_ONLY)
+        self.spec = spec
+        self.version = ct.__version__
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        out = self.model.predict({n: feeds[n] for n in self.spec.input_names})
+        return {n: np.asarray(out[n], np.float32) for n in self.spec.output_names}

@@ -1,0 +1,62 @@
+"""ONNX: TorchScript exporter (opset 17; the dynamo exporter cannot down-convert from 18), onnxsim, onnxruntime."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from stexport.spec import GraphModule, IOSpec
+
+OPSET = 17
+
+
+def convert(graph: GraphModule, spec: IOSpec, path: Path, *, precision: str,
+            metadata: dict[str, str]) -> dict[str, Any]:
+    import onnx
+    import onnxsim
+
+    example = spec.example_inputs()
+    buf = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(graph, tuple(example[n] for n in spec.input_names), buf, input_names=spec.input_names,
+                          output_names=spec.output_names, opset_version=OPSET, dynamo=False,
+                          do_constant_folding=True)
+    model = onnx.load_from_string(buf.getvalue())
+    simplified, ok = onnxsim.simplify(model)
+    if ok:
+        model = simplified
+    names_in = [i.name for i in model.graph.input]
+    names_out = [o.name for o in model.graph.output]
+    if names_in != spec.input_names or names_out != spec.output_names:
+        raise RuntimeError(f"ONNX graph names {names_in} -> {names_out} differ from the spec "
+                           f"{spec.input_names} -> {spec.output_names}")
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
+    return {"converter": "torch.onnx.export (TorchScript) + onnxsim", "opset": OPSET, "onnx": onnx.__version__,
+            "onnxsim": onnxsim.__version__, "simplified": bool(ok), "nodes": len(model.graph.node)}
+
+
+class Runner:
+    """ONNX Runtime on the CPU; spinning off (it stalls small-op graphs on 2 cores)."""
+
+    name = "onnxruntime"
+
+    def __init__(self, path: Path, spec: IOSpec, *, threads: int = 1) -> None:
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.spec = spec
+        self.version = ort.__version__
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        outs = self.session.run(self.spec.output_names, {n: feeds[n] for n in self.spec.input_names})
+        return dict(zip(self.spec.output_names, outs))

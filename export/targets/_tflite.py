@@ -1,0 +1,60 @@
+"""TFLite / LiteRT: litert-torch converts; ai-edge-litert's Interpreter runs the ``serving_default`` signature."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stexport.spec import GraphModule, IOSpec
+
+SIGNATURE = "serving_default"
+
+
+def convert(graph: GraphModule, spec: IOSpec, path: Path, *, precision: str,
+            metadata: dict[str, str]) -> dict[str, Any]:
+    import litert_torch
+
+    graph.as_dict = True  # signature output names come from the dict keys
+    try:
+        edge = litert_torch.convert(graph, sample_kwargs=spec.example_inputs())
+    finally:
+        graph.as_dict = False
+    edge.export(str(path))
+    return {"converter": "litert-torch", "litert_torch": _version("litert-torch"), "signature": SIGNATURE}
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(dist)
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def interpreter_class() -> Any:
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:  # the older standalone runtime
+        from tflite_runtime.interpreter import Interpreter
+    return Interpreter
+
+
+class Runner:
+    """LiteRT Interpreter (XNNPACK delegate by default) through the signature runner, by tensor name."""
+
+    name = "litert"
+
+    def __init__(self, path: Path, spec: IOSpec, *, threads: int = 1) -> None:
+        self.interpreter = interpreter_class()(model_path=str(path), num_threads=threads)
+        sigs = self.interpreter.get_signature_list()
+        if SIGNATURE not in sigs:
+            raise RuntimeError(f"{path.name} has no signature {SIGNATURE!r}: {sorted(sigs)}")
+        self.runner = self.interpreter.get_signature_runner(SIGNATURE)
+        self.spec = spec
+        self.version = _version("ai-edge-litert")
+
+    def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(self.runner(**{n: feeds[n] for n in self.spec.input_names}))
