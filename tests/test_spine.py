@@ -1,0 +1,172 @@
+"""The spine on tiny models: contract, four targets, parity gate, bundle, atomic writes, errors."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from toy_models import TinyClip, TinyStream
+
+import stexport
+from stexport.errors import MissingExtraError, ParityError
+from stexport.frames import preprocess
+from stexport.models import Preprocess
+from stexport.spec import GraphModule, build_spec
+from stexport.targets import TARGETS, get_target
+
+
+def _export(model: torch.nn.Module, target: str, out: Path, **kw: object) -> Path:
+    torch.manual_seed(0)
+    return stexport.export(model, target=target, out=out, steps=6, **kw)
+
+
+def test_import_is_light() -> None:
+    code = ("import sys, stexport; heavy = [m for m in ('torch', 'onnxruntime', 'litert_torch', 'coremltools', "
+            "'executorch', 'ai_edge_litert') if m in sys.modules]; print(heavy)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_stream_spec_names_every_tensor() -> None:
+    spec = build_spec(TinyStream(), form="stream")
+    assert spec.input_names == ["frame", "buf", "pool", "count"]
+    assert spec.output_names == ["logits", "buf_out", "pool_out", "count_out"]
+    assert [s.init for s in spec.states] == ["zeros"] * 3
+    assert spec.inputs[0].shape == (1, 3, 16, 16)
+    clip = build_spec(TinyClip(), form="clip")
+    assert clip.input_names == ["clip"] and clip.output_names == ["logits"]
+    assert clip.inputs[0].shape == (1, 12, 16, 16) and clip.inputs[0].layout == "N(T*C)HW"
+
+
+def test_ring_buffer_form_of_clip_model() -> None:
+    m = TinyClip().eval()
+    spec = build_spec(m, form="stream")
+    assert spec.state_names == ["frames"] and spec.states[0].shape == (1, 12, 16, 16)
+    clip = torch.randn(1, 3, 4, 16, 16)
+    state = m.init_state()
+    for t in range(4):
+        logits, state = m.step(clip[:, :, t], state)
+    assert torch.allclose(logits, m(clip), atol=1e-6)
+
+
+def test_bad_state_is_rejected() -> None:
+    class Bad(TinyStream):
+        def init_state(self, batch_size: int = 1) -> dict[str, torch.Tensor]:
+            return {"Buf.x": torch.zeros(batch_size, 2)}
+
+    with pytest.raises(ValueError, match="lower-case identifier"):
+        build_spec(Bad(), form="stream")
+
+
+def test_graph_module_takes_names_and_positions() -> None:
+    m = TinyStream().eval()
+    spec = build_spec(m, form="stream")
+    g = GraphModule(m, spec)
+    feeds = spec.example_inputs()
+    a = g(**feeds)
+    b = g(*[feeds[n] for n in spec.input_names])
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("target", ["onnx", "tflite", "executorch", "coreml"])
+def test_tiny_stream_and_clip_export(tmp_path: Path, target: str) -> None:
+    for model in (TinyStream().eval(), TinyClip().eval()):
+        bundle = _export(model, target, tmp_path)
+        name = type(model).__name__.lower()
+        assert bundle == tmp_path / name / target
+        art = bundle / f"{name}_fp32{TARGETS[target].suffix}"
+        assert art.exists()
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        parity = manifest["parity"]
+        assert parity["passed"]
+        if target == "coreml":
+            assert parity["executed"] is False and parity["spec_checked"]
+        else:
+            assert parity["max_abs_err"]["logits"] < 1e-5 and parity["top1_agreement"] == 1.0
+        if manifest["form"] == "stream":
+            assert parity["pytorch_stream_vs_clip"]["passed"]
+            assert [s["output"] for s in manifest["states"]] == [s["name"] + "_out" for s in manifest["states"]]
+        assert (bundle / "labels.txt").read_text().splitlines()[0] == "class_0"
+    assert not list(tmp_path.rglob(".*partial*"))
+
+
+def test_golden_replays_through_onnx(tmp_path: Path) -> None:
+    """What an app does: decode golden frames, preprocess per manifest, carry state, compare logits."""
+    from stexport.targets._onnx import Runner
+
+    bundle = _export(TinyStream().eval(), "onnx", tmp_path)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    golden = json.loads((bundle / "golden.json").read_text())
+    p = manifest["preprocessing"]
+    pre = Preprocess(size=tuple(p["size"]), value_range=tuple(p["value_range"]), mean=tuple(p["mean"]),
+                     std=tuple(p["std"]))
+    spec = build_spec(TinyStream(), form="stream")
+    runner = Runner(bundle / manifest["artifact"]["file"], spec)
+    state = {s["name"]: np.zeros(s["shape"], np.float32) for s in manifest["states"]}
+    fmt = golden["frame_format"]
+    for step in golden["steps"]:
+        raw = np.frombuffer(base64.b64decode(step["frames_u8_b64"][0]), np.uint8)
+        frame = preprocess(raw.reshape(1, fmt["height"], fmt["width"], 3), pre).numpy()
+        assert abs(frame.sum() - step["input_summary"]["frame"]["sum"]) < 1e-2
+        out = runner.run({"frame": frame, **state})
+        assert np.max(np.abs(out["logits"][0] - np.asarray(step["logits"]))) < 1e-5
+        state = {s["name"]: out[s["output"]] for s in manifest["states"]}
+
+
+def test_failed_export_leaves_no_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stexport.targets import _onnx
+
+    good = _export(TinyStream().eval(), "onnx", tmp_path)
+    before = (good / "manifest.json").read_text()
+
+    def boom(*a: object, **k: object) -> dict:
+        (a[2]).write_bytes(b"half")  # type: ignore[union-attr]
+        raise RuntimeError("converter crashed")
+
+    monkeypatch.setattr(_onnx, "convert", boom)
+    with pytest.raises(RuntimeError, match="converter crashed"):
+        _export(TinyStream().eval(), "onnx", tmp_path)
+    assert (good / "manifest.json").read_text() == before  # the old bundle is untouched
+    assert sorted(p.name for p in (tmp_path / "tinystream").iterdir()) == ["onnx"]
+
+
+def test_failed_parity_leaves_no_bundle(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stexport.targets import _onnx
+
+    class Wrong(_onnx.Runner):
+        def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            out = super().run(feeds)
+            out["logits"] = out["logits"] + 1e-3
+            return out
+
+    monkeypatch.setattr(_onnx, "Runner", Wrong)
+    with pytest.raises(ParityError, match="parity gate failed"):
+        _export(TinyStream().eval(), "onnx", tmp_path)
+    assert not (tmp_path / "tinystream").exists() or not any((tmp_path / "tinystream").iterdir())
+
+
+def test_no_verify_is_recorded(tmp_path: Path) -> None:
+    bundle = _export(TinyClip().eval(), "onnx", tmp_path, verify=False)
+    parity = json.loads((bundle / "manifest.json").read_text())["parity"]
+    assert parity["skipped"] and "--no-verify" in parity["reason"]
+
+
+def test_missing_extra_names_the_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    from stexport.targets import Target
+
+    monkeypatch.setattr(Target, "missing", lambda self: ["coremltools"])
+    with pytest.raises(MissingExtraError, match=r"pip install 'stexport\[coreml\]'"):
+        get_target("coreml").load()
+
+
+def test_unknown_target_and_precision() -> None:
+    with pytest.raises(KeyError, match="Did you mean: tflite"):
+        get_target("tflit")
+    with pytest.raises(stexport.errors.StexportError, match="not available for target"):
+        stexport.export(TinyClip(), target="coreml", precision="int3")
