@@ -1,0 +1,72 @@
+"""The command line: --list, hints for unknown names, checkpoint mismatch messages, no bundle after failure."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+import stexport
+from stexport.cli import main
+
+
+def _run(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "stexport.cli", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=600)
+
+
+def test_list_shows_models_targets_and_extras(capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["--list"]) == 0
+    out = capsys.readouterr().out
+    for name in stexport.list_models():
+        assert name in out
+    for target in ("onnx", "tflite", "coreml", "executorch"):
+        assert target in out
+    assert "installed" in out and "clip" in out
+
+
+def test_list_models_pattern() -> None:
+    names = stexport.list_models()
+    assert names == sorted(names) and names
+    first = names[0]
+    assert stexport.list_models(first) == [n for n in names if first in n]
+    assert stexport.list_models("*") == names
+    assert stexport.list_models("no_such_model_*") == []
+
+
+def test_unknown_model_exit_2_with_hint() -> None:
+    name = stexport.list_models()[0]
+    typo = name[:-1] + ("x" if name[-1] != "x" else "y")
+    r = _run("--model", typo, "--target", "onnx")
+    assert r.returncode == 2
+    assert name in r.stderr and "Did you mean" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_unknown_target_exit_2_with_hint() -> None:
+    r = _run("--model", stexport.list_models()[0], "--target", "tflit")
+    assert r.returncode == 2 and "tflite" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_missing_arguments_exit_2() -> None:
+    r = _run("--model", stexport.list_models()[0])
+    assert r.returncode == 2 and "--target" in r.stderr
+
+
+def test_checkpoint_mismatch_lists_keys_and_writes_nothing(tmp_path: Path) -> None:
+    name = stexport.list_models()[0]
+    model = stexport.create_model(name)
+    sd = model.state_dict()
+    first, second = list(sd)[:2]
+    bad = {k: v for k, v in sd.items() if k != first}
+    bad["surprise.weight"] = torch.zeros(1)
+    bad[second] = torch.zeros(3, 1, 1, 1, 1)
+    torch.save(bad, tmp_path / "bad.pt")
+    r = _run("--model", name, "--target", "onnx", "--checkpoint", str(tmp_path / "bad.pt"), "--out",
+             str(tmp_path / "out"))
+    assert r.returncode == 1, r.stderr
+    assert first in r.stderr and "surprise.weight" in r.stderr and second in r.stderr
+    assert "missing" in r.stderr and "unexpected" in r.stderr and "shape" in r.stderr
+    assert "Traceback" not in r.stderr and "no bundle was written" in r.stderr
+    assert not list((tmp_path / "out").rglob("manifest.json")) if (tmp_path / "out").exists() else True
