@@ -28,6 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--stream", action="store_true",
                    help="clip models: export the ring-buffer stream form (frame + frames state) instead of the clip")
     p.add_argument("--steps", type=int, default=16, help="frames the parity gate streams (default 16)")
+    p.add_argument("--verbose", "-v", action="store_true", help="show the converters' own output")
     p.add_argument("--list", action="store_true", help="list models, targets and installed extras")
     p.add_argument("--version", action="version", version=f"stexport {__version__}")
     return p
@@ -83,7 +84,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         path = export(args.model, target=args.target, out=args.out, precision=args.precision,
                       checkpoint=args.checkpoint, verify=not args.no_verify,
-                      form="stream" if args.stream else None, steps=args.steps)
+                      form="stream" if args.stream else None, steps=args.steps, quiet=not args.verbose)
     except MissingExtraError as e:
         print(f"stexport: error: {e}", file=sys.stderr)
         return 3

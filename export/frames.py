@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-
 from stexport.models._registry import Preprocess
 
 
@@ -35,5 +34,5 @@ def preprocess(frames: np.ndarray, pre: Preprocess) -> torch.Tensor:
     ``(u8 / 255 * (hi - lo) + lo - mean[c]) / std[c]`` (frames already at the model's size)."""
     lo, hi = pre.value_range
     x = frames.astype(np.float32) / np.float32(255.0) * np.float32(hi - lo) + np.float32(lo)
-    x = (x - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32)
+    x = np.asarray((x - np.asarray(pre.mean, np.float32)) / np.asarray(pre.std, np.float32), np.float32)
     return torch.from_numpy(np.ascontiguousarray(x.transpose(0, 3, 1, 2)))

@@ -12,13 +12,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
 from stexport.bundle import staged_bundle
 from stexport.errors import ParityError, StexportError
 from stexport.frames import preprocess, synthetic_frames
 from stexport.manifest import build_golden, build_manifest, model_facts
 from stexport.models import ModelEntry, Preprocess, VideoModel, create_model, get_entry, pack_clip
 from stexport.parity import compare, feeds_for, run_loop, stream_vs_clip, torch_runner
+from stexport.quiet import captured_output
 from stexport.spec import Form, GraphModule, IOSpec, build_spec
 from stexport.targets import get_target
 
@@ -54,7 +54,7 @@ def _default_preprocess(model: VideoModel) -> Preprocess:
 
 def export(model: str | torch.nn.Module, *, target: str, out: str | Path = "out", precision: str = "fp32",
            checkpoint: str | Path | None = None, verify: bool = True, form: Form | None = None,
-           steps: int = 16, threads: int = 1, progress: Progress | None = None) -> Path:
+           steps: int = 16, threads: int = 1, progress: Progress | None = None, quiet: bool = True) -> Path:
     """Export and verify; returns the bundle folder ``<out>/<model>/<target>/``. See `stexport.export`."""
     say = progress or stderr_progress
     tgt = get_target(target)
@@ -81,7 +81,7 @@ def export(model: str | torch.nn.Module, *, target: str, out: str | Path = "out"
             if entry is None:
                 raise StexportError(f"cannot load a released checkpoint into unregistered module {name!r}")
             load_checkpoint(module, checkpoint, entry)
-    vm: VideoModel = module  # type: ignore[assignment]
+    vm: VideoModel = module
     form = form or ("stream" if vm.streaming else "clip")
     spec = build_spec(vm, form=form)
     graph = GraphModule(vm, spec).eval()
@@ -94,8 +94,9 @@ def export(model: str | torch.nn.Module, *, target: str, out: str | Path = "out"
         artifact = staging / artifact_name
         with _stage(say, "export", f"{name} -> {target} ({precision}, {form} form)"):
             t0 = time.perf_counter()
-            converter = impl.convert(graph, spec, artifact, precision=precision,
-                                     metadata=artifact_metadata(name, spec, pre, entry))
+            with captured_output(enabled=quiet):
+                converter = impl.convert(graph, spec, artifact, precision=precision,
+                                         metadata=artifact_metadata(name, spec, pre, entry))
             export_seconds = time.perf_counter() - t0
         h, w = vm.frame_size()
         n_frames = steps if form == "stream" else int(vm.num_frames)
@@ -105,8 +106,11 @@ def export(model: str | torch.nn.Module, *, target: str, out: str | Path = "out"
             data = pack_clip(data.transpose(0, 1).unsqueeze(0), spec.inputs[0].layout)
         ref = run_loop(torch_runner(graph), spec, feeds_for(spec, data))
         with _stage(say, "verify", "parity gate" if verify else "skipped (--no-verify)"):
-            parity = _verify(impl, tgt.name, artifact, spec, ref, vm, data, precision, form, threads) if verify else \
-                {"skipped": True, "reason": "--no-verify: the artifact was not compared with PyTorch"}
+            if verify:
+                with captured_output(enabled=quiet):
+                    parity = _verify(impl, tgt.name, artifact, spec, ref, vm, data, precision, form, threads)
+            else:
+                parity = {"skipped": True, "reason": "--no-verify: the artifact was not compared with PyTorch"}
             if verify:
                 say("      " + _parity_line(parity))
         with _stage(say, "write", str(final)):

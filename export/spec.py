@@ -126,7 +126,7 @@ class GraphModule(nn.Module):
 
         forward.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
             [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD), *params])
-        self.forward = types.MethodType(forward, self)  # type: ignore[method-assign]
+        self.forward = types.MethodType(forward, self)
 
     def _run(self, inputs: dict[str, Tensor]) -> Any:
         if self.spec.form == "clip":

@@ -10,8 +10,6 @@ import importlib
 import pkgutil
 from pathlib import Path
 
-import torch
-
 from ._base import ClipModel, State, StreamModel, VideoModel, pack_clip, unpack_clip
 from ._checkpoint import CheckpointMismatchError, load_checkpoint, load_state_dict_strict
 from ._registry import ModelEntry, Preprocess, UnknownNameError, entries, get_entry, register

@@ -48,7 +48,8 @@ def load_fixture(rel: str) -> dict:
 
 
 def filled_state_dict(fix: dict, prefix: str = "") -> dict[str, torch.Tensor]:
-    return {prefix + k: torch.from_numpy(fill_value(k, shape)).to(getattr(torch, dt)) for k, shape, dt in fix["state_dict"]}
+    return {prefix + k: torch.from_numpy(fill_value(k, shape)).to(getattr(torch, dt))
+            for k, shape, dt in fix["state_dict"]}
 
 
 def fill_model(model: torch.nn.Module) -> torch.nn.Module:

@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
 from stexport.spec import GraphModule, IOSpec
 
 OPSET = 17
@@ -22,9 +21,9 @@ def convert(graph: GraphModule, spec: IOSpec, path: Path, *, precision: str,
     example = spec.example_inputs()
     buf = io.BytesIO()
     with torch.no_grad():
-        torch.onnx.export(graph, tuple(example[n] for n in spec.input_names), buf, input_names=spec.input_names,
-                          output_names=spec.output_names, opset_version=OPSET, dynamo=False,
-                          do_constant_folding=True)
+        torch.onnx.export(graph, tuple(example[n] for n in spec.input_names), buf,  # type: ignore[arg-type]
+                          input_names=spec.input_names, output_names=spec.output_names, opset_version=OPSET,
+                          dynamo=False, do_constant_folding=True)
     model = onnx.load_from_string(buf.getvalue())
     simplified, ok = onnxsim.simplify(model)
     if ok:

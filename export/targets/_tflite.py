@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-
 from stexport.spec import GraphModule, IOSpec
 
 SIGNATURE = "serving_default"
