@@ -99,4 +99,23 @@ def write_checkpoint(path: Path, obj: object) -> Path:
     return path
 
 
+
+
+def released_checkpoint(fix: dict, layout: str, path: Path) -> Path:
+    """The fixture's parameters saved in one of the authors' released checkpoint layouts."""
+    sd = filled_state_dict(fix)
+    if layout == "plain":  # MoViNet port, online TSM, bLVNet-TAM release
+        obj: object = sd
+    elif layout == "module_state_dict":  # TSM release, training scripts (DataParallel)
+        obj = {"state_dict": {"module." + k: v for k, v in sd.items()}, "epoch": 100, "best_prec1": 0.0}
+    elif layout == "mmengine":  # SqueezeTime release
+        obj = {"meta": {"epoch": 100, "mmengine_version": "0.10.3"}, "state_dict": sd,
+               "optimizer": {"state": {}, "param_groups": [{"lr": 0.01, "params": [0]}]},
+               "message_hub": {"runtime_info": {"epoch": 100}}}
+    else:
+        raise ValueError(layout)
+    torch.save(obj, path)
+    return path
+
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
