@@ -24,7 +24,7 @@ class TensorSpec:
     shape: tuple[int, ...]
     dtype: str = "float32"
     layout: str = ""
-    role: str = ""  # "frame", "clip", "state", "state_out", "logits"
+    role: str = ""  # "frame", "clip", "state", "state_out", "logits", "extra"
     init: str | None = None  # "zeros" for states
 
     def to_json(self) -> dict[str, Any]:
@@ -88,7 +88,14 @@ def build_spec(model: nn.Module, *, form: Form, batch_size: int = 1) -> IOSpec:
         layout = str(model.clip_layout)
         t = int(model.num_frames)  # type: ignore[arg-type]
         shape = tuple(pack_clip(torch.empty(batch_size, 3, t, h, w, device="meta"), layout).shape)
-        return IOSpec("clip", (TensorSpec("clip", shape, layout=layout, role="clip"),), (logits,))
+        clip = TensorSpec("clip", shape, layout=layout, role="clip")
+        extra = [n for n in model.clip_outputs if n != "logits"]  # type: ignore[union-attr]
+        if not extra:
+            return IOSpec("clip", (clip,), (logits,))
+        with torch.no_grad():  # shapes of the extra outputs, from one probe run
+            probe = model.forward_packed_outputs(torch.zeros(shape))  # type: ignore[operator]
+        outs = [TensorSpec(n, tuple(probe[n].shape), role="extra") for n in extra]
+        return IOSpec("clip", (clip,), (logits, *outs))
     init = model.init_state(batch_size)  # type: ignore[operator]
     states = []
     for name, value in init.items():
@@ -130,7 +137,7 @@ class GraphModule(nn.Module):
 
     def _run(self, inputs: dict[str, Tensor]) -> Any:
         if self.spec.form == "clip":
-            outs = {"logits": self.model.forward_packed(inputs["clip"])}  # type: ignore[operator]
+            outs = self.model.forward_packed_outputs(inputs["clip"])  # type: ignore[operator]
         else:
             logits, new = self.model.step(inputs["frame"], {k: inputs[k] for k in self.spec.state_names})  # type: ignore[operator]
             outs = {"logits": logits, **{s.output: new[s.name] for s in self.spec.states}}

@@ -53,6 +53,8 @@ class VideoModel(nn.Module):
 
     clip_layout: ClassVar[str] = "NCTHW"
     streaming: ClassVar[bool] = False
+    #: outputs of the clip export; extra ones (e.g. TSM's per-segment logits) come from `forward_packed_outputs`
+    clip_outputs: ClassVar[tuple[str, ...]] = ("logits",)
     num_frames: int
     input_size: int
     num_classes: int
@@ -60,6 +62,10 @@ class VideoModel(nn.Module):
     def forward_packed(self, x: Tensor) -> Tensor:
         """Logits ``[N, K]`` from the clip in ``clip_layout``."""
         raise NotImplementedError
+
+    def forward_packed_outputs(self, x: Tensor) -> dict[str, Tensor]:
+        """Every clip-export output (``clip_outputs``) from the packed clip; by default just the logits."""
+        return {"logits": self.forward_packed(x)}
 
     def forward(self, clip: Tensor) -> Tensor:
         """``clip`` float32 ``[N, 3, T, H, W]`` -> logits ``[N, K]``."""
