@@ -26,9 +26,9 @@ def convert(graph: GraphModule, spec: IOSpec, path: Path, *, precision: str,
     example = spec.example_inputs()
     args = tuple(example[n] for n in spec.input_names)
     with torch.no_grad():
-        traced = torch.jit.trace(graph, args)
+        program = torch.export.export(graph, args, strict=False).run_decompositions({})
     model = ct.convert(
-        traced,
+        program,
         inputs=[ct.TensorType(name=t.name, shape=t.shape, dtype=np.float32) for t in spec.inputs],
         outputs=[ct.TensorType(name=n, dtype=np.float32) for n in spec.output_names],
         convert_to="mlprogram",
