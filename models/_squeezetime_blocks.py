@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._layers import NonNegativeMaxPool2d
+
 # the hidden width of the IOI branch is a constant in the authors' code (it is not tied to the frame count)
 IOI_WIDTH = 16
 
@@ -192,7 +194,7 @@ class SqueezeTimeResNet(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, widths[0], 5, stride=2, padding=2, bias=False)
         self.bn1 = _bn(widths[0])
         self.relu = nn.ReLU()
-        self.maxpool = nn.MaxPool2d(3, stride=2, padding=1)
+        self.maxpool = NonNegativeMaxPool2d(3, stride=2, padding=1)  # after a ReLU
         self.layer1 = self._stage(spec, widths[0], spec.layers[0], spatial_stride[0], pos_dim[0])
         self.layer2 = self._stage(spec, widths[1], spec.layers[1], spatial_stride[1], pos_dim[1])
         self.layer3 = self._stage(spec, widths[2], spec.layers[2], spatial_stride[2], pos_dim[2])

@@ -20,6 +20,7 @@ from typing import Literal
 
 from torch import Tensor, nn
 
+from ._layers import NonNegativeMaxPool2d
 from ._tsm_shift import ShiftAware, ShiftIO, TemporalShift, run_layers
 
 SiteStyle = Literal["wrap", "bare"]
@@ -155,7 +156,7 @@ class ResNet(ShiftAware):
         self.conv1 = nn.Conv2d(3, cfg.stem, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(cfg.stem)
         self.relu = nn.ReLU()
-        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        self.maxpool = NonNegativeMaxPool2d(3, stride=2, padding=1)  # after a ReLU
         inp, halvings = cfg.stem, 2
         for i, (n, width) in enumerate(zip(cfg.blocks, cfg.widths, strict=True)):
             blocks = []
