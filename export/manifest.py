@@ -10,6 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 import numpy as np
+
 from stexport.models._registry import ModelEntry, Preprocess
 from stexport.parity import Trace
 from stexport.spec import IOSpec

@@ -11,6 +11,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+
 from stexport.spec import GraphModule, IOSpec
 
 # max abs error on logits per precision (fp32: 1e-4 as the contract says; lower precisions: see issue 10 notes)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from stexport.bundle import staged_bundle
 from stexport.errors import ParityError, StexportError
 from stexport.frames import preprocess, synthetic_frames

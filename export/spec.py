@@ -66,6 +66,22 @@ class IOSpec:
     def state_names(self) -> list[str]:
         return [s.name for s in self.states]
 
+    def to_json(self) -> dict[str, Any]:
+        """The contract as the manifest writes it (``form``, ``inputs``, ``outputs``, ``states``)."""
+        return {"form": self.form, "inputs": [t.to_json() for t in self.inputs],
+                "outputs": [t.to_json() for t in self.outputs], "states": [s.to_json() for s in self.states]}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> IOSpec:
+        """The inverse of `to_json`; reads a bundle's ``manifest.json`` too."""
+        def tensor(t: dict[str, Any]) -> TensorSpec:
+            return TensorSpec(t["name"], tuple(t["shape"]), t.get("dtype", "float32"), t.get("layout", ""),
+                              t.get("role", ""), t.get("init"))
+
+        states = tuple(StateSpec(s["name"], s["output"], tuple(s["shape"]), s.get("dtype", "float32"),
+                                 s.get("init", "zeros"), s.get("layout", "")) for s in d.get("states", []))
+        return cls(d["form"], tuple(tensor(t) for t in d["inputs"]), tuple(tensor(t) for t in d["outputs"]), states)
+
     def example_inputs(self, *, seed: int = 0) -> dict[str, Tensor]:
         """Tracing inputs: a random frame/clip and zero states (shapes only matter)."""
         g = torch.Generator().manual_seed(seed)
@@ -94,8 +110,8 @@ def build_spec(model: nn.Module, *, form: Form, batch_size: int = 1) -> IOSpec:
             return IOSpec("clip", (clip,), (logits,))
         with torch.no_grad():  # shapes of the extra outputs, from one probe run
             probe = model.forward_packed_outputs(torch.zeros(shape))  # type: ignore[operator]
-        outs = [TensorSpec(n, tuple(probe[n].shape), role="extra") for n in extra]
-        return IOSpec("clip", (clip,), (logits, *outs))
+        extra_specs = tuple(TensorSpec(n, tuple(probe[n].shape), role="extra") for n in extra)
+        return IOSpec("clip", (clip,), (logits, *extra_specs))
     init = model.init_state(batch_size)  # type: ignore[operator]
     states = []
     for name, value in init.items():

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import stexport.models as M
 import torch
 import torch.nn.functional as F
 from conftest import clip_input, filled_state_dict, load_fixture, max_err, stream_logits, write_checkpoint
+
+import stexport.models as M
 from stexport.models import CheckpointMismatchError, ClipModel
 from stexport.models._blvnet_layers import TAM, duplicate_pairs, split_pairs
 

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import stexport
 import torch
 from conftest import clip_input, filled_state_dict, load_fixture, max_err, stream_logits, write_checkpoint
+
+import stexport
 from stexport.models import CheckpointMismatchError, get_entry
 from stexport.models.squeezetime import SqueezeTime
 

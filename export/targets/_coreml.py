@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from stexport.spec import GraphModule, IOSpec
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from stexport.spec import GraphModule, IOSpec
 
 SIGNATURE = "serving_default"

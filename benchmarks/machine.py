@@ -1,0 +1,122 @@
+"""Facts about the machine a result was measured on, and its measured fp32 matmul peak.
+
+Every result row carries these, so a number is never read without the machine (and the load on it) it came from.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+BENCH_DISTS = ("matplotlib", "tqdm", "psutil")
+# thread-pool settings that change what a thread count means (e.g. OpenMP spin-waiting on a busy machine)
+THREAD_ENV = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT", "MKL_NUM_THREADS", "KMP_BLOCKTIME")
+
+
+def _cpuinfo() -> list[dict[str, str]]:
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    cpus = []
+    for block in text.strip().split("\n\n"):
+        entry = {}
+        for line in block.splitlines():
+            key, _, value = line.partition(":")
+            entry[key.strip()] = value.strip()
+        cpus.append(entry)
+    return cpus
+
+
+def cpu_model() -> str:
+    for cpu in _cpuinfo():
+        if cpu.get("model name"):
+            return cpu["model name"]
+    return platform.processor() or platform.machine()
+
+
+def physical_cores() -> int | None:
+    cores = {(c.get("physical id", "0"), c.get("core id")) for c in _cpuinfo() if "core id" in c}
+    return len(cores) or None
+
+
+def _memory_bytes() -> int | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def versions() -> dict[str, str | None]:
+    """Python, stexport, torch, every converter/runtime and the benchmark's own plotting libraries."""
+    from stexport.manifest import tool_versions
+
+    out = dict(tool_versions())
+    for dist in BENCH_DISTS:
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def machine_facts(*, threads: int, matmul: dict[str, Any]) -> dict[str, Any]:
+    """CPU model, cores, the thread count used, load at measurement time, library versions, matmul peak."""
+    try:
+        affinity: int | None = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        affinity = None
+    return {
+        "cpu_model": cpu_model(),
+        "logical_cores": os.cpu_count() or 0,
+        "physical_cores": physical_cores(),
+        "affinity_cores": affinity,
+        "threads": threads,
+        "load_avg": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+        "memory_bytes": _memory_bytes(),
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "matmul_peak": matmul,
+        "versions": versions(),
+        "env": {k: os.environ.get(k) for k in THREAD_ENV},
+    }
+
+
+def matmul_peak(*, threads: int, size: int = 2048, reps: int = 5) -> dict[str, Any]:
+    """fp32 ``[size, size] @ [size, size]`` in PyTorch at ``threads`` threads: best and median GFLOP/s over
+    ``reps`` timed runs after one warm-up (2 * size**3 FLOPs each)."""
+    import torch
+
+    prev = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        g = torch.Generator().manual_seed(0)
+        a = torch.randn(size, size, generator=g)
+        b = torch.randn(size, size, generator=g)
+        out = torch.empty(size, size)
+        torch.matmul(a, b, out=out)
+        rates = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            torch.matmul(a, b, out=out)
+            rates.append(2.0 * size**3 / (time.perf_counter() - t0) / 1e9)
+    finally:
+        torch.set_num_threads(prev)
+    return {"size": size, "threads": threads, "reps": reps, "gflops_best": round(max(rates), 2),
+            "gflops_median": round(float(np.median(rates)), 2)}
+
+
+def merge_peaks(*runs: dict[str, Any]) -> dict[str, Any]:
+    """Matmul peaks measured before and after a timing block, as one: best of all, median of the medians."""
+    return {"size": runs[0]["size"], "threads": runs[0]["threads"], "reps": sum(r["reps"] for r in runs),
+            "gflops_best": max(r["gflops_best"] for r in runs),
+            "gflops_median": round(float(np.median([r["gflops_median"] for r in runs])), 2)}
