@@ -10,6 +10,8 @@ import importlib
 import pkgutil
 from pathlib import Path
 
+import torch
+
 from ._base import ClipModel, State, StreamModel, VideoModel, pack_clip, unpack_clip
 from ._checkpoint import CheckpointMismatchError, load_checkpoint, load_state_dict_strict
 from ._registry import ModelEntry, Preprocess, UnknownNameError, entries, get_entry, register
@@ -27,6 +29,10 @@ def create_model(name: str, *, checkpoint: str | Path | None = None, num_classes
     model = entry.build(**kwargs)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint, entry)
+    elif entry.weights is not None:
+        shipped = Path(__file__).resolve().parent / "weights" / entry.weights
+        load_state_dict_strict(model, torch.load(shipped, map_location="cpu", weights_only=True),
+                               model_name=name, source=f"shipped weights {entry.weights}")
     model.eval()
     model.registry_name = name  # type: ignore[assignment]
     return model  # type: ignore[return-value]

@@ -82,6 +82,11 @@ class ModelEntry:
     checkpoint_filter: Callable[[Mapping[str, torch.Tensor]], StateDict] = identity_filter
     description: str = ""
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    #: a checkpoint shipped inside the package (file name under ``stexport/models/weights/``), loaded by
+    #: `create_model` when no ``checkpoint`` is given; in this entry's own state_dict layout
+    weights: str | None = None
+    #: measured accuracy, e.g. {"top1": 0.93, "dataset": "...", "source": "..."} (benchmarks plot it)
+    accuracy: Mapping[str, Any] | None = None
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
