@@ -1,0 +1,183 @@
+package org.stexport.demo.core
+
+/** Every `manifest.json` key the apps read; CI checks each one against a real exported manifest. */
+object ManifestKeys {
+    const val MODEL = "model"
+    const val NAME = "name"
+    const val NUM_CLASSES = "num_classes"
+    const val NUM_FRAMES = "num_frames"
+    const val FORM = "form"
+    const val TARGET = "target"
+    const val ARTIFACT = "artifact"
+    const val FILE = "file"
+    const val PREPROCESSING = "preprocessing"
+    const val SIZE = "size"
+    const val VALUE_RANGE = "value_range"
+    const val MEAN = "mean"
+    const val STD = "std"
+    const val RESIZE = "resize"
+    const val FPS = "fps"
+    const val FRAME_STRIDE = "frame_stride"
+    const val CHANNEL_ORDER = "channel_order"
+    const val LABELS = "labels"
+    const val INPUTS = "inputs"
+    const val OUTPUTS = "outputs"
+    const val STATES = "states"
+    const val INPUT_ORDER = "input_order"
+    const val OUTPUT_ORDER = "output_order"
+    const val SHAPE = "shape"
+    const val DTYPE = "dtype"
+    const val LAYOUT = "layout"
+    const val ROLE = "role"
+    const val OUTPUT = "output"
+    const val TFLITE = "tflite"
+    const val SIGNATURE = "signature"
+}
+
+/** Tensor names fixed by the stexport contract (everything else comes from the manifest). */
+object TensorNames {
+    const val FRAME = "frame"
+    const val CLIP = "clip"
+    const val LOGITS = "logits"
+    const val STATE_OUTPUT_SUFFIX = "_out"
+    const val DEFAULT_TFLITE_SIGNATURE = "serving_default"
+}
+
+enum class Form { STREAM, CLIP }
+
+/** A named float32 tensor of the contract: `shape` is static, data is row-major. */
+class TensorInfo(val name: String, val shape: IntArray, val dtype: String, val layout: String, val role: String) {
+    val size: Int get() = shape.fold(1) { a, b -> a * b }
+}
+
+/** A state carried between steps: feed output [output] back as input [name]; starts at zero. */
+class StateInfo(val name: String, val output: String, val shape: IntArray) {
+    val size: Int get() = shape.fold(1) { a, b -> a * b }
+}
+
+/**
+ * How frames become the model input: resize (shorter side, then centre crop to [height] x [width]), then
+ * `x = (u8 / 255 * (hi - lo) + lo - mean[c]) / std[c]` in float32, NCHW.
+ */
+class Preprocessing(
+    val height: Int,
+    val width: Int,
+    val valueRange: DoubleArray,
+    val mean: FloatArray,
+    val std: FloatArray,
+    val resize: String,
+    val fps: Double?,
+    val frameStride: Int,
+    val channelOrder: String,
+) {
+    /** The shorter-side length before the centre crop when the manifest names one ("shorter side to 256 ..."). */
+    val resizeShorter: Int? = Regex("shorter side to (\\d+)").find(resize)?.groupValues?.get(1)?.toInt()
+
+    companion object {
+        fun parse(p: JsonObj): Preprocessing {
+            val size = p.ints(ManifestKeys.SIZE)
+            require(size.size == 2) { "preprocessing.size must be [height, width]" }
+            val vr = p.doubles(ManifestKeys.VALUE_RANGE)
+            val mean = p.floats(ManifestKeys.MEAN)
+            val std = p.floats(ManifestKeys.STD)
+            require(vr.size == 2 && mean.size == 3 && std.size == 3) { "preprocessing value_range/mean/std sizes" }
+            val order = p.strOrNull(ManifestKeys.CHANNEL_ORDER) ?: "RGB"
+            require(order == "RGB") { "only RGB channel order is supported, manifest says $order" }
+            return Preprocessing(
+                size[0], size[1], vr, mean, std,
+                p.strOrNull(ManifestKeys.RESIZE) ?: "shorter side, then center crop",
+                p.numOrNull(ManifestKeys.FPS),
+                p.numOrNull(ManifestKeys.FRAME_STRIDE)?.toInt() ?: 1,
+                order,
+            )
+        }
+    }
+}
+
+/** What an app needs from `manifest.json` to run a bundle. */
+class ModelManifest(
+    val name: String,
+    val numClasses: Int,
+    val numFrames: Int,
+    val form: Form,
+    val target: String,
+    val artifactFile: String,
+    val labelsFile: String,
+    val preprocessing: Preprocessing,
+    val inputs: List<TensorInfo>,
+    val outputs: List<TensorInfo>,
+    val states: List<StateInfo>,
+    val inputOrder: List<String>,
+    val outputOrder: List<String>,
+    val tfliteSignature: String,
+) {
+    fun input(name: String): TensorInfo = inputs.firstOrNull { it.name == name }
+        ?: throw IllegalArgumentException("manifest has no input '$name' (inputs: ${inputs.map { it.name }})")
+
+    fun output(name: String): TensorInfo = outputs.firstOrNull { it.name == name }
+        ?: throw IllegalArgumentException("manifest has no output '$name' (outputs: ${outputs.map { it.name }})")
+
+    /** The packed layout of the `clip` input (clip form only), e.g. "N(T*C)HW". */
+    val clipLayout: String get() = input(TensorNames.CLIP).layout
+
+    companion object {
+        fun parse(text: String): ModelManifest {
+            val m = JsonObj.parse(text)
+            val model = m.obj(ManifestKeys.MODEL)
+            fun tensor(o: JsonObj) = TensorInfo(
+                o.str(ManifestKeys.NAME), o.ints(ManifestKeys.SHAPE), o.strOrNull(ManifestKeys.DTYPE) ?: "float32",
+                o.strOrNull(ManifestKeys.LAYOUT) ?: "", o.strOrNull(ManifestKeys.ROLE) ?: "",
+            )
+            val inputs = m.objects(ManifestKeys.INPUTS).map(::tensor)
+            val outputs = m.objects(ManifestKeys.OUTPUTS).map(::tensor)
+            val states = m.objects(ManifestKeys.STATES).map {
+                StateInfo(it.str(ManifestKeys.NAME), it.str(ManifestKeys.OUTPUT), it.ints(ManifestKeys.SHAPE))
+            }
+            val form = when (val f = m.str(ManifestKeys.FORM)) {
+                "stream" -> Form.STREAM
+                "clip" -> Form.CLIP
+                else -> throw IllegalArgumentException("unknown form '$f'")
+            }
+            val signature = if (m.has(ManifestKeys.TFLITE)) m.obj(ManifestKeys.TFLITE).str(ManifestKeys.SIGNATURE)
+            else TensorNames.DEFAULT_TFLITE_SIGNATURE
+            val labels = if (m.has(ManifestKeys.LABELS)) m.obj(ManifestKeys.LABELS).str(ManifestKeys.FILE) else "labels.txt"
+            val manifest = ModelManifest(
+                model.str(ManifestKeys.NAME), model.int(ManifestKeys.NUM_CLASSES), model.int(ManifestKeys.NUM_FRAMES),
+                form, m.str(ManifestKeys.TARGET), m.obj(ManifestKeys.ARTIFACT).str(ManifestKeys.FILE), labels,
+                Preprocessing.parse(m.obj(ManifestKeys.PREPROCESSING)), inputs, outputs, states,
+                m.strings(ManifestKeys.INPUT_ORDER), m.strings(ManifestKeys.OUTPUT_ORDER), signature,
+            )
+            manifest.validate()
+            return manifest
+        }
+    }
+
+    /** The contract the apps rely on; a bundle that breaks it fails loudly at load time, not mid-stream. */
+    fun validate() {
+        for (t in inputs + outputs) require(t.dtype == "float32") { "tensor ${t.name} is ${t.dtype}, not float32" }
+        val logits = output(TensorNames.LOGITS)
+        require(logits.size == numClasses) { "logits has ${logits.size} values, model has $numClasses classes" }
+        val p = preprocessing
+        when (form) {
+            Form.STREAM -> {
+                val frame = input(TensorNames.FRAME)
+                require(frame.shape.contentEquals(intArrayOf(1, 3, p.height, p.width))) {
+                    "frame shape ${frame.shape.toList()} != [1, 3, ${p.height}, ${p.width}]"
+                }
+                for (s in states) {
+                    require(input(s.name).shape.contentEquals(s.shape)) { "state ${s.name}: input shape mismatch" }
+                    require(output(s.output).shape.contentEquals(s.shape)) { "state ${s.name}: output shape mismatch" }
+                }
+                require(inputOrder.toSet() == (listOf(TensorNames.FRAME) + states.map { it.name }).toSet()) {
+                    "input_order $inputOrder is not frame + states"
+                }
+            }
+            Form.CLIP -> {
+                val clip = input(TensorNames.CLIP)
+                require(clip.size == 3 * numFrames * p.height * p.width) { "clip input size mismatch" }
+                require(clipLayout in ClipRing.LAYOUTS) { "unknown clip layout '$clipLayout'" }
+                require(states.isEmpty()) { "clip form has no states" }
+            }
+        }
+    }
+}

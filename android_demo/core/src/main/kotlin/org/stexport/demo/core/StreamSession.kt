@@ -1,0 +1,115 @@
+package org.stexport.demo.core
+
+/**
+ * The inference engine behind a session (LiteRT on Android, a replay stub in tests): takes every input by name
+ * (flat float32, shapes as in the manifest) and returns every output by name.
+ */
+fun interface ModelRuntime {
+    fun run(inputs: Map<String, FloatArray>): Map<String, FloatArray>
+}
+
+/** One step's result: raw logits `[num_classes]` and the wall time of [ModelRuntime.run] in milliseconds. */
+class StepResult(val step: Int, val logits: FloatArray, val millis: Double)
+
+/**
+ * Last `T` preprocessed frames, zero before the first one arrives, packed in the manifest's clip layout.
+ * Used for clip-form bundles (input `clip`); stream-form bundles of clip models do this inside the model.
+ */
+class ClipRing(val frames: Int, val frameSize: Int, val layout: String) {
+    private val ring = Array(frames) { FloatArray(frameSize) }
+    private var next = 0
+
+    init {
+        require(layout in LAYOUTS) { "unknown clip layout '$layout' (known: $LAYOUTS)" }
+        require(frameSize % 3 == 0) { "a frame is 3 x H x W floats" }
+    }
+
+    fun reset() {
+        ring.forEach { it.fill(0f) }
+        next = 0
+    }
+
+    fun push(frame: FloatArray) {
+        require(frame.size == frameSize) { "frame has ${frame.size} floats, expected $frameSize" }
+        frame.copyInto(ring[next])
+        next = (next + 1) % frames
+    }
+
+    /** Oldest frame first. `N(T*C)HW`: channel t*3+c; `N(C*T)HW` and `NCTHW`: channel c*T+t. */
+    fun packed(out: FloatArray = FloatArray(frames * frameSize)): FloatArray {
+        val hw = frameSize / 3
+        for (t in 0 until frames) {
+            val f = ring[(next + t) % frames]
+            for (c in 0 until 3) {
+                val ch = if (layout == "N(T*C)HW") t * 3 + c else c * frames + t
+                System.arraycopy(f, c * hw, out, ch * hw, hw)
+            }
+        }
+        return out
+    }
+
+    companion object {
+        val LAYOUTS = listOf("N(T*C)HW", "N(C*T)HW", "NCTHW")
+    }
+}
+
+/**
+ * The frame loop every model shares. Stream form: feed `frame` and every state, then carry each state's output
+ * (`<state>_out`) back as that state for the next step; all states start at zero and [reset] zeroes them.
+ * Clip form: keep a ring of the last `num_frames` frames and feed it as `clip`.
+ */
+class StreamSession(
+    val manifest: ModelManifest,
+    private val runtime: ModelRuntime,
+    private val clock: () -> Long = System::nanoTime,
+) {
+    private val frameSize = 3 * manifest.preprocessing.height * manifest.preprocessing.width
+    private val states = LinkedHashMap<String, FloatArray>()
+    private val ring: ClipRing? =
+        if (manifest.form == Form.CLIP) ClipRing(manifest.numFrames, frameSize, manifest.clipLayout) else null
+
+    /** Steps run since the last reset. */
+    var steps = 0
+        private set
+
+    init {
+        reset()
+    }
+
+    fun reset() {
+        states.clear()
+        for (s in manifest.states) states[s.name] = FloatArray(s.size)
+        ring?.reset()
+        steps = 0
+    }
+
+    /** The current value of state [name] (for tests and debugging). */
+    fun state(name: String): FloatArray = states[name] ?: throw IllegalArgumentException("no state '$name'")
+
+    /** Run one preprocessed frame (float32 NCHW `[1, 3, H, W]`, flat). */
+    fun step(frame: FloatArray): StepResult {
+        require(frame.size == frameSize) { "frame has ${frame.size} floats, expected $frameSize" }
+        val inputs = LinkedHashMap<String, FloatArray>()
+        if (ring != null) {
+            ring.push(frame)
+            inputs[TensorNames.CLIP] = ring.packed()
+        } else {
+            inputs[TensorNames.FRAME] = frame
+            for (s in manifest.states) inputs[s.name] = states.getValue(s.name)
+        }
+        val t0 = clock()
+        val outputs = runtime.run(inputs)
+        val millis = (clock() - t0) / 1e6
+        val logits = outputs[TensorNames.LOGITS] ?: throw IllegalStateException("runtime returned no 'logits'")
+        require(logits.size == manifest.numClasses) { "logits has ${logits.size} values, not ${manifest.numClasses}" }
+        val carried = HashMap<String, FloatArray>()
+        for (s in manifest.states) {
+            val out = outputs[s.output] ?: throw IllegalStateException("runtime returned no '${s.output}'")
+            require(out.size == s.size) { "${s.output} has ${out.size} values, state ${s.name} needs ${s.size}" }
+            carried[s.name] = out
+        }
+        states.putAll(carried)
+        steps += 1
+        return StepResult(steps - 1, logits, millis)
+    }
+}

@@ -1,0 +1,118 @@
+import Foundation
+
+/// The inference engine behind a session (Core ML in the app, a replay stub in tests): every input by name
+/// (flat Float, shapes as in the manifest) -> every output by name.
+public protocol ModelRuntime: AnyObject {
+    func run(_ inputs: [String: [Float]]) throws -> [String: [Float]]
+}
+
+public struct RuntimeError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
+/// One step: raw logits `[num_classes]` and the wall time of `ModelRuntime.run` in milliseconds.
+public struct StepResult {
+    public let step: Int
+    public let logits: [Float]
+    public let milliseconds: Double
+}
+
+/// The last T preprocessed frames (zeros before the first), packed in the manifest's clip layout.
+/// Used for clip-form bundles (input `clip`); stream-form bundles of clip models do this inside the model.
+public final class ClipRing {
+    public static let layouts = ["N(T*C)HW", "N(C*T)HW", "NCTHW"]
+    public let frames: Int
+    public let frameSize: Int
+    public let layout: String
+    private var ring: [[Float]]
+    private var next = 0
+
+    public init(frames: Int, frameSize: Int, layout: String) {
+        self.frames = frames
+        self.frameSize = frameSize
+        self.layout = layout
+        ring = Array(repeating: [Float](repeating: 0, count: frameSize), count: frames)
+    }
+
+    public func reset() {
+        ring = Array(repeating: [Float](repeating: 0, count: frameSize), count: frames)
+        next = 0
+    }
+
+    public func push(_ frame: [Float]) {
+        ring[next] = frame
+        next = (next + 1) % frames
+    }
+
+    /// Oldest first. `N(T*C)HW`: channel t*3+c; `N(C*T)HW` and `NCTHW`: channel c*T+t.
+    public func packed() -> [Float] {
+        let hw = frameSize / 3
+        var out = [Float](repeating: 0, count: frames * frameSize)
+        for t in 0..<frames {
+            let f = ring[(next + t) % frames]
+            for c in 0..<3 {
+                let ch = layout == "N(T*C)HW" ? t * 3 + c : c * frames + t
+                out.replaceSubrange(ch * hw..<(ch + 1) * hw, with: f[c * hw..<(c + 1) * hw])
+            }
+        }
+        return out
+    }
+}
+
+/// The frame loop every model shares. Stream form: feed `frame` and every state, then carry each state's output
+/// (`<state>_out`) back as that state next step; states start at zero and `reset()` zeroes them.
+/// Clip form: keep the ring of the last `num_frames` frames and feed it as `clip`.
+public final class StreamSession {
+    public let manifest: ModelManifest
+    private let runtime: ModelRuntime
+    private var states: [String: [Float]] = [:]
+    private let ring: ClipRing?
+    public private(set) var steps = 0
+
+    public init(manifest: ModelManifest, runtime: ModelRuntime) {
+        self.manifest = manifest
+        self.runtime = runtime
+        let frameSize = 3 * manifest.preprocessing.height * manifest.preprocessing.width
+        ring = manifest.form == .clip
+            ? ClipRing(frames: manifest.numFrames, frameSize: frameSize, layout: manifest.clipLayout) : nil
+        reset()
+    }
+
+    public func reset() {
+        states = [:]
+        for s in manifest.states { states[s.name] = [Float](repeating: 0, count: s.count) }
+        ring?.reset()
+        steps = 0
+    }
+
+    public func state(_ name: String) -> [Float]? { states[name] }
+
+    /// One preprocessed frame (Float NCHW `[1, 3, H, W]`, flat).
+    public func step(_ frame: [Float]) throws -> StepResult {
+        var inputs: [String: [Float]] = [:]
+        if let ring = ring {
+            ring.push(frame)
+            inputs[TensorNames.clip] = ring.packed()
+        } else {
+            inputs[TensorNames.frame] = frame
+            for s in manifest.states { inputs[s.name] = states[s.name] }
+        }
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        let outputs = try runtime.run(inputs)
+        let ms = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e6
+        guard let logits = outputs[TensorNames.logits], logits.count == manifest.numClasses else {
+            throw RuntimeError("the runtime returned no logits of size \(manifest.numClasses)")
+        }
+        var carried: [String: [Float]] = [:]
+        for s in manifest.states {
+            guard let v = outputs[s.output], v.count == s.count else {
+                throw RuntimeError("the runtime returned no \(s.output) of size \(s.count)")
+            }
+            carried[s.name] = v
+        }
+        states.merge(carried) { _, new in new }
+        steps += 1
+        return StepResult(step: steps - 1, logits: logits, milliseconds: ms)
+    }
+}

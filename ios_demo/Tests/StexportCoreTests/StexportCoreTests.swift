@@ -1,0 +1,126 @@
+import Foundation
+import XCTest
+@testable import StexportCore
+
+/// Serves the recorded logits of `golden.json` and, for every state, a fresh tagged array, so the next call can
+/// check that exactly that array came back as the state input.
+final class ReplayRuntime: ModelRuntime {
+    let manifest: ModelManifest
+    let steps: [[String: Any]]
+    let perStep: Int
+    var calls = 0
+    var served: [String: [Float]] = [:]
+
+    init(manifest: ModelManifest, golden: [String: Any]) {
+        self.manifest = manifest
+        steps = golden["steps"] as? [[String: Any]] ?? []
+        perStep = golden["frames_per_step"] as? Int ?? 1
+    }
+
+    func run(_ inputs: [String: [Float]]) throws -> [String: [Float]] {
+        defer { calls += 1 }
+        XCTAssertEqual(Set(inputs.keys), Set(manifest.inputOrder))
+        for s in manifest.states {
+            let got = inputs[s.name] ?? []
+            if calls == 0 {
+                XCTAssertTrue(got.allSatisfy { $0 == 0 }, "\(s.name) starts at zero")
+            } else {
+                XCTAssertEqual(got, served[s.output], "\(s.name) is last step's \(s.output)")
+            }
+        }
+        let complete = (calls + 1) % perStep == 0
+        let step = calls / perStep < steps.count ? steps[calls / perStep] : nil
+        var out: [String: [Float]] = [:]
+        if complete, let step = step, let logits = step["logits"] as? [Double] {
+            out[TensorNames.logits] = logits.map { Float($0) }
+            if let summaries = step["input_summary"] as? [String: [String: Any]] {
+                for (name, summary) in summaries { check(inputs[name] ?? [], summary, name) }
+            }
+        } else {
+            out[TensorNames.logits] = [Float](repeating: 0, count: manifest.numClasses)
+        }
+        for (i, s) in manifest.states.enumerated() {
+            out[s.output] = (0..<s.count).map { Float(1000 * (calls + 1) + 10 * i + $0 % 5) }
+        }
+        served = out
+        return out
+    }
+
+    private func check(_ data: [Float], _ summary: [String: Any], _ name: String) {
+        let samples = summary["samples"] as? [String: Any] ?? [:]
+        let index = samples["index"] as? [Int] ?? []
+        let values = samples["values"] as? [Double] ?? []
+        for (k, i) in index.enumerated() {
+            XCTAssertEqual(Double(data[i]), values[k], accuracy: 1e-6, "\(name)[\(i)]")
+        }
+        let sum = data.reduce(0.0) { $0 + Double($1) }
+        XCTAssertEqual(sum, summary["sum"] as? Double ?? .nan, accuracy: 1e-6 * Double(data.count))
+    }
+}
+
+final class StexportCoreTests: XCTestCase {
+    /// Bundle folders to replay: STEXPORT_BUNDLES=dir1:dir2 (exported with stexport, any target).
+    private var bundles: [URL] {
+        (ProcessInfo.processInfo.environment["STEXPORT_BUNDLES"] ?? "").split(separator: ":")
+            .map { URL(fileURLWithPath: String($0)) }
+    }
+
+    func testGoldenReplay() throws {
+        try XCTSkipIf(bundles.isEmpty, "set STEXPORT_BUNDLES to exported bundle folders")
+        for dir in bundles {
+            let manifest = try ModelManifest.parse(Data(contentsOf: dir.appendingPathComponent("manifest.json")))
+            let golden = try JSONSerialization.jsonObject(
+                with: Data(contentsOf: dir.appendingPathComponent("golden.json"))) as? [String: Any] ?? [:]
+            let labels = try Labels(text: String(contentsOf: dir.appendingPathComponent("labels.txt"), encoding: .utf8))
+            let runtime = ReplayRuntime(manifest: manifest, golden: golden)
+            let session = StreamSession(manifest: manifest, runtime: runtime)
+            let pre = Preprocessor(manifest.preprocessing)
+            for step in runtime.steps {
+                var last: StepResult?
+                for b64 in step["frames_u8_b64"] as? [String] ?? [] {
+                    let rgb = [UInt8](Data(base64Encoded: b64) ?? Data())
+                    last = try session.step(pre.normalize(rgb))
+                }
+                let top = try Scores.ranked(XCTUnwrap(last).logits, labels: labels)
+                let want = (step["top5"] as? [[String: Any]] ?? []).map { $0["label"] as? String ?? "" }
+                XCTAssertEqual(top.map { $0.label }, want)
+            }
+            session.reset()
+            for s in manifest.states { XCTAssertTrue(session.state(s.name)?.allSatisfy { $0 == 0 } ?? false) }
+        }
+    }
+
+    func testNormalizeFollowsTheFormula() {
+        let pre = Preprocessing(height: 1, width: 2, valueRange: [0, 1], mean: [0.485, 0.456, 0.406],
+                                std: [0.229, 0.224, 0.225], resize: "shorter side to 256, then center crop 224",
+                                fps: nil, frameStride: 2)
+        XCTAssertEqual(pre.resizeShorter, 256)
+        let x = Preprocessor(pre).normalize([0, 128, 255, 10, 20, 30])
+        XCTAssertEqual(x[0], (0 - Float(0.485)) / Float(0.229))
+        XCTAssertEqual(x[4], (1 - Float(0.406)) / Float(0.225))
+    }
+
+    func testCropRect() {
+        let pre = Preprocessing(height: 224, width: 224, valueRange: [0, 1], mean: [0, 0, 0], std: [1, 1, 1],
+                                resize: "shorter side to 256, then center crop 224", fps: nil, frameStride: 1)
+        let r = Preprocessor(pre).cropRect(srcW: 1280, srcH: 720)
+        XCTAssertEqual(r.height, 720.0 * 224 / 256, accuracy: 1e-9)
+        XCTAssertEqual(r.x, (1280 - r.width) / 2, accuracy: 1e-9)
+    }
+
+    func testClipRingLayouts() {
+        let ring = ClipRing(frames: 2, frameSize: 3, layout: "N(C*T)HW")
+        ring.push([1, 2, 3])
+        XCTAssertEqual(ring.packed(), [0, 1, 0, 2, 0, 3])
+        let tc = ClipRing(frames: 2, frameSize: 3, layout: "N(T*C)HW")
+        tc.push([1, 2, 3])
+        XCTAssertEqual(tc.packed(), [0, 0, 0, 1, 2, 3])
+    }
+
+    func testTopKAndSmoother() {
+        XCTAssertEqual(Scores.topK([1, 3, 2, 3], 3), [1, 3, 2])
+        let s = Smoother(alpha: 0.5)
+        _ = s.update([1, 0])
+        XCTAssertEqual(s.update([0, 1]), [0.5, 0.5])
+    }
+}
