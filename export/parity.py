@@ -80,7 +80,8 @@ def compare(spec: IOSpec, ref: Trace, got: Trace, *, precision: str) -> dict[str
     got_l = np.concatenate([g["logits"] for g in got.outputs])
     tol = LOGIT_TOL[precision]
     gated = ["logits", *(t.name for t in spec.outputs if t.role == "extra")]  # e.g. per-segment logits
-    return {
+    spread = float(np.max(np.abs(ref_l - ref_l[:1]))) if len(ref_l) > 1 else float(np.ptp(ref_l))
+    report: dict[str, Any] = {
         "steps": len(ref.outputs),
         "tolerance": {"logits_max_abs": tol},
         "max_abs_err": {k: float(f"{v:.3g}") for k, v in errors.items()},
@@ -89,7 +90,14 @@ def compare(spec: IOSpec, ref: Trace, got: Trace, *, precision: str) -> dict[str
         "logits_snr_db": _snr_db(ref_l, got_l),
         "gated_outputs": gated,
         "passed": all(errors[n] <= tol for n in gated),
+        # how much the reference logits move across steps (stream) or classes (one clip): the gate is only as
+        # sharp as this is large
+        "reference_logit_spread": float(f"{spread:.3g}"),
     }
+    if spread < 10 * tol:
+        report["warning"] = (f"weak check: the PyTorch logits move by only {spread:.2g} across the test input "
+                             "(e.g. untrained parameters); load a real checkpoint for a meaningful gate")
+    return report
 
 
 def stream_vs_clip(model: torch.nn.Module, frames: torch.Tensor) -> dict[str, Any]:

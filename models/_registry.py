@@ -45,6 +45,8 @@ class Preprocess:
     std: tuple[float, float, float] = (1.0, 1.0, 1.0)
     channel_order: str = "RGB"
     resize: str = "shorter side, then center crop"
+    #: resize the shorter side to this many pixels, then center-crop ``size``; None: shorter side to the crop size
+    resize_shorter: int | None = None
     fps: float | None = None
     frame_stride: int = 1
 

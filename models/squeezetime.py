@@ -85,7 +85,8 @@ register(ModelEntry(
     name="squeezetime", family="squeezetime", build=SqueezeTime, num_classes=400, labels="kinetics400.txt",
     num_frames=16, input_size=224, streaming=False, origin="xinghaochen/SqueezeTime", dataset="Kinetics-400",
     preprocess=Preprocess(size=(224, 224), value_range=(0.0, 255.0), mean=K400_MEAN, std=K400_STD,
-                          resize="shorter side 256, then center crop 224", frame_stride=4),
+                          resize="shorter side to 256, then center crop 224",
+                          resize_shorter=256, frame_stride=4),
     description=f"SqueezeTime-ResNet50 (time squeezed into channels, CTL blocks), 16x224 K400 "
                 f"(released SqueezeTime_K400_71.64.pth); depths {sorted(DEPTHS)} via depth=",
     defaults={"num_frames": 16, "input_size": 224, "depth": 50}))

@@ -25,8 +25,9 @@ from ._tsm_nets import TSN, OnlineMobileNetV2, OnlineTSN, tsn_checkpoint_filter
 
 ORIGIN = "mit-han-lab/temporal-shift-module@1f6a834"
 _RESIZE = "shorter side to 256, then center crop 224 (GroupScale(256), GroupCenterCrop(224))"
-OFFLINE_PRE = Preprocess(size=(224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD, resize=_RESIZE)
-ONLINE_PRE = Preprocess(size=(224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD, resize=_RESIZE, frame_stride=2)
+OFFLINE_PRE = Preprocess(size=(224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD, resize=_RESIZE, resize_shorter=256)
+ONLINE_PRE = Preprocess(size=(224, 224), mean=IMAGENET_MEAN, std=IMAGENET_STD, resize=_RESIZE, resize_shorter=256,
+                        frame_stride=2)
 
 
 def _kinetics_tsn(name: str, build: Callable[..., nn.Module], *, streaming: bool, description: str) -> ModelEntry:

@@ -34,7 +34,7 @@ export function parseManifest(m) {
   const pre = {
     height: p.size[0], width: p.size[1],
     valueRange: p.value_range ?? [0, 1], mean: p.mean ?? [0, 0, 0], std: p.std ?? [1, 1, 1],
-    resize, resizeShorter: shorter ? Number(shorter[1]) : null,
+    resize, resizeShorter: p.resize_shorter ?? (shorter ? Number(shorter[1]) : null),
     fps: p.fps ?? null, frameStride: p.frame_stride ?? 1,
   };
   const tensor = (t) => ({ name: t.name, shape: t.shape, dtype: t.dtype ?? "float32", layout: t.layout ?? "",

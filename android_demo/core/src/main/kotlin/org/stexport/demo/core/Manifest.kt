@@ -16,6 +16,7 @@ object ManifestKeys {
     const val MEAN = "mean"
     const val STD = "std"
     const val RESIZE = "resize"
+    const val RESIZE_SHORTER = "resize_shorter"
     const val FPS = "fps"
     const val FRAME_STRIDE = "frame_stride"
     const val CHANNEL_ORDER = "channel_order"
@@ -69,9 +70,11 @@ class Preprocessing(
     val fps: Double?,
     val frameStride: Int,
     val channelOrder: String,
+    shorterSide: Int? = null,
 ) {
-    /** The shorter-side length before the centre crop when the manifest names one ("shorter side to 256 ..."). */
-    val resizeShorter: Int? = Regex("shorter side to (\\d+)").find(resize)?.groupValues?.get(1)?.toInt()
+    /** The shorter-side length before the centre crop: the manifest's `resize_shorter`, else parsed from `resize`. */
+    val resizeShorter: Int? = shorterSide
+        ?: Regex("shorter side to (\\d+)").find(resize)?.groupValues?.get(1)?.toInt()
 
     companion object {
         fun parse(p: JsonObj): Preprocessing {
@@ -89,6 +92,7 @@ class Preprocessing(
                 p.numOrNull(ManifestKeys.FPS),
                 p.numOrNull(ManifestKeys.FRAME_STRIDE)?.toInt() ?: 1,
                 order,
+                p.numOrNull(ManifestKeys.RESIZE_SHORTER)?.toInt(),
             )
         }
     }
