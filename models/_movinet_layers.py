@@ -1,0 +1,344 @@
+"""MoViNet building blocks with the parameter names of Atze00/MoViNet-pytorch.
+
+Each block has two paths over the same weights:
+
+* ``forward`` (clip, ``[N, C, T, H, W]``): the reference, written like the port. ``conv_type="3d"`` uses Conv3d with
+  symmetric temporal zero padding (base models); ``"2plus1d"`` runs the spatial Conv2d per frame and, for temporal
+  kernels ``kt > 1``, a depthwise ``(kt, 1)`` Conv2d over ``[N, C, T, H*W]`` with causal (front) zero padding.
+* ``step`` (one frame, 4D only; stream models): eval-mode BatchNorm, the ReZero ``alpha`` and the port's
+  hard-sigmoid affine are folded into the weights (non-persistent ``fused_*`` buffers, rebuilt by
+  ``MoViNetStream.refold``). A causal temporal conv keeps its last ``kt - 1`` input frames stacked along the height
+  axis, ``buf [N, C, (kt-1)*H, W]`` (the port's ``[N, C, kt-1, H, W]`` buffer, same memory order), and runs as one
+  depthwise ``(kt, 1)`` conv with dilation ``(H, 1)`` over ``cat([buf, x], dim=2)``: 4 ops, no reshapes.
+
+All spatial padding is TensorFlow "SAME" (``tf_like=True`` in the port, the only mode of the released weights),
+computed from static shapes and applied with ``F.pad`` (or the conv's own padding when symmetric).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._movinet_config import BlockSpec, same_out, same_pads
+
+BN_EPS = 1e-3
+Act = Literal["none", "swish", "hardswish"]
+Gate = Literal["sigmoid", "hardsigmoid"]
+ConvType = Literal["3d", "2plus1d"]
+
+
+def is_tracing() -> bool:
+    """True inside torch.jit.trace / torch.export / torch.compile / torch.fx tracing (no eager-only tricks)."""
+    return bool(torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
+                or torch.fx._symbolic_trace._is_fx_tracing_flag)
+
+
+def activation(x: Tensor, kind: Act) -> Tensor:
+    """``swish`` = x * sigmoid(x) (the port's Swish), ``hardswish`` = torch's Hardswish, ``none`` = identity."""
+    if kind == "swish":
+        return F.silu(x)
+    if kind == "hardswish":
+        return F.hardswish(x)
+    return x
+
+
+def port_hardsigmoid(x: Tensor) -> Tensor:
+    """The port's (and TF's) hard sigmoid ``clamp(0.2 * x + 0.5, 0, 1)`` (not ``F.hardsigmoid`` = x/6 + 0.5)."""
+    return (0.2 * x + 0.5).clamp(0.0, 1.0)
+
+
+def make_divisible(value: float, divisor: int = 8) -> int:
+    """Round ``value`` to a multiple of ``divisor`` (at least ``divisor``), never more than 10% below ``value``."""
+    out = max(divisor, int(value + divisor / 2) // divisor * divisor)
+    return out + divisor if out < 0.9 * value else out
+
+
+def cumulative_mean(x: Tensor, *, window: int | None = None) -> Tensor:
+    """Causal mean over time (dim 2) of ``x [N, C, T, ...]``: frame t holds the mean of frames 0..t.
+
+    With ``window`` W the frame count saturates at W: from frame W on, ``m_t = m_{t-1} + (x_t - m_{t-1}) / W``
+    (an exponential moving average with horizon W), exactly what ``step`` computes.
+    """
+    t = x.shape[2]
+    counts = torch.arange(1, t + 1, dtype=x.dtype, device=x.device).reshape(1, 1, t, *([1] * (x.dim() - 3)))
+    if window is None or t <= window:
+        return torch.cumsum(x, 2) / counts
+    out = [torch.cumsum(x[:, :, :window], 2) / counts[:, :, :window]]
+    m = out[0][:, :, -1:]
+    for i in range(window, t):
+        m = m + (x[:, :, i:i + 1] - m) / window
+        out.append(m)
+    return torch.cat(out, 2)
+
+
+class ConvUnit(nn.Module):
+    """One convolution and its BatchNorm (eps 1e-3): keys ``conv3d.*`` or ``conv2d.*``, then ``norm.*``."""
+
+    def __init__(self, cin: int, cout: int, kernel: tuple[int, ...], *, stride: tuple[int, ...],
+                 padding: tuple[int, ...] | int = 0, groups: int = 1, bias: bool = False, norm: bool = True) -> None:
+        super().__init__()
+        dims = len(kernel)
+        self.conv_name = f"conv{dims}d"
+        conv: nn.Module = (nn.Conv3d if dims == 3 else nn.Conv2d)(
+            cin, cout, kernel, stride=stride, padding=padding, groups=groups, bias=bias)  # type: ignore[arg-type]
+        self.add_module(self.conv_name, conv)
+        self.norm: nn.Module | None = None
+        if norm:
+            self.norm = (nn.BatchNorm3d if dims == 3 else nn.BatchNorm2d)(cout, eps=BN_EPS)
+
+    @property
+    def conv(self) -> nn.Conv2d | nn.Conv3d:
+        conv: nn.Conv2d | nn.Conv3d = getattr(self, self.conv_name)
+        return conv
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.conv(x)
+        return x if self.norm is None else self.norm(x)
+
+    def folded(self) -> tuple[Tensor, Tensor]:
+        """Weight and bias (float64) of the conv with the eval-mode BatchNorm folded in."""
+        conv = self.conv
+        w = conv.weight.detach().double()
+        b = conv.bias.detach().double() if conv.bias is not None else w.new_zeros(w.shape[0])
+        if isinstance(self.norm, nn.modules.batchnorm._BatchNorm):
+            bn = self.norm
+            assert bn.running_var is not None and bn.running_mean is not None
+            g = bn.weight.detach().double() / torch.sqrt(bn.running_var.double() + bn.eps)
+            w = w * g.reshape(-1, *([1] * (w.dim() - 1)))
+            b = (b - bn.running_mean.double()) * g + bn.bias.detach().double()
+        return w, b
+
+
+class ConvBlock(nn.Module):
+    """The port's ``ConvBlock3D``: ``conv_1`` (3D, or spatial 2D) [+ ``conv_2``, depthwise temporal ``(kt, 1)``],
+    each followed by BatchNorm and ``act``. TF-"same" spatial padding."""
+
+    fused_w1: Tensor
+    fused_b1: Tensor
+    fused_w2: Tensor
+    fused_b2: Tensor
+
+    def __init__(self, cin: int, cout: int, kernel: tuple[int, int, int], *, conv_type: ConvType, causal: bool,
+                 stride: int = 1, groups: int = 1, act: Act = "none", norm: bool = True, bias: bool = False) -> None:
+        super().__init__()
+        kt, kh, kw = kernel
+        if kt % 2 == 0:
+            raise ValueError(f"temporal kernel {kt} must be odd (TF-like padding)")
+        self.kernel, self.stride, self.groups, self.act = kernel, stride, groups, act
+        self.conv_type, self.causal = conv_type, causal
+        self.conv_2: ConvUnit | None = None
+        if conv_type == "3d":
+            if causal and kt > 1:
+                raise NotImplementedError("causal 3D convolutions are not used by any released MoViNet; use 2plus1d")
+            self.conv_1 = ConvUnit(cin, cout, kernel, stride=(1, stride, stride), padding=((kt - 1) // 2, 0, 0),
+                                   groups=groups, bias=bias, norm=norm)
+        elif conv_type == "2plus1d":
+            self.conv_1 = ConvUnit(cin, cout, (kh, kw), stride=(stride, stride), groups=groups, bias=bias, norm=norm)
+            if kt > 1:
+                self.conv_2 = ConvUnit(cin, cout, (kt, 1), stride=(1, 1), groups=groups, bias=bias, norm=norm)
+        else:
+            raise ValueError(f"conv_type must be '3d' or '2plus1d', got {conv_type!r}")
+        for name in ("fused_w1", "fused_b1", "fused_w2", "fused_b2"):
+            self.register_buffer(name, None, persistent=False)
+
+    def _pads(self, h: int, w: int) -> tuple[int, int, int, int]:
+        """TF-"same" padding of ``conv_1`` for an ``h x w`` input, as ``F.pad`` wants it: (left, right, top, bottom)."""
+        (pt, pb), (pl, pr) = same_pads(h, self.kernel[1], self.stride), same_pads(w, self.kernel[2], self.stride)
+        return pl, pr, pt, pb
+
+    # -- clip path -----------------------------------------------------------------------------------------------
+    def forward(self, x: Tensor) -> Tensor:
+        """``x [N, Cin, T, H, W]`` -> ``[N, Cout, T, H', W']``."""
+        pads = self._pads(x.shape[-2], x.shape[-1])
+        if any(pads):
+            x = F.pad(x, pads)
+        if self.conv_type == "3d":
+            return activation(self.conv_1(x), self.act)
+        n, c, t, h, w = x.shape
+        y = activation(self.conv_1(x.transpose(1, 2).reshape(n * t, c, h, w)), self.act)
+        _, co, ho, wo = y.shape
+        y = y.reshape(n, t, co, ho, wo).transpose(1, 2)
+        if self.conv_2 is None:
+            return y
+        kt = self.kernel[0]
+        front, back = (kt - 1, 0) if self.causal else ((kt - 1) // 2, (kt - 1) // 2)
+        y = F.pad(y.reshape(n, co, t, ho * wo), (0, 0, front, back))
+        return activation(self.conv_2(y), self.act).reshape(n, co, t, ho, wo)
+
+    # -- frame path (folded weights, 4D) ---------------------------------------------------------------------------
+    def refold(self, *, scale: Tensor | float = 1.0, shift: float = 0.0) -> None:
+        """Rebuild ``fused_*``: BatchNorm folded; the last conv's output mapped to ``scale * y + shift``."""
+        w1, b1 = self.conv_1.folded()
+        dtype = self.conv_1.conv.weight.dtype
+        if self.conv_2 is None:
+            w1, b1 = w1 * scale, b1 * scale + shift
+        else:
+            w2, b2 = self.conv_2.folded()
+            self.fused_w2, self.fused_b2 = (w2 * scale).to(dtype), (b2 * scale + shift).to(dtype)
+        self.fused_w1, self.fused_b1 = w1.to(dtype), b1.to(dtype)
+
+    def step(self, x: Tensor, buf: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        """``x [N, Cin, H, W]`` (one frame) -> ``([N, Cout, H', W'], new buf)``; ``buf [N, Cout, (kt-1)*H', W']``
+        holds the previous ``kt - 1`` outputs of ``conv_1`` (oldest first), or is None when ``kt == 1``."""
+        pl, pr, pt, pb = self._pads(x.shape[-2], x.shape[-1])
+        pad = (pt, pl)
+        if pl != pr or pt != pb:
+            x, pad = F.pad(x, (pl, pr, pt, pb)), (0, 0)
+        y = activation(F.conv2d(x, self.fused_w1, self.fused_b1, self.stride, pad, 1, self.groups), self.act)
+        if self.conv_2 is None:
+            return y, None
+        assert buf is not None
+        h = y.shape[2]
+        z = torch.cat([buf, y], 2)
+        out = F.conv2d(z, self.fused_w2, self.fused_b2, 1, 0, (h, 1), self.groups)
+        return activation(out, self.act), z[:, :, h:]
+
+
+class TfAvgPool(nn.Module):
+    """3x3 stride-2 spatial average pooling, TF-"same" padding excluded from the average (the port's
+    ``tfAvgPool3D``, generalised to non-square frames): zero pad, average, times ``9 / valid count``."""
+
+    corr: Tensor | None
+
+    def __init__(self, in_size: tuple[int, int] | None = None) -> None:
+        super().__init__()
+        self.register_buffer("corr", None if in_size is None else self.correction(*in_size), persistent=False)
+
+    @staticmethod
+    def correction(h: int, w: int, dtype: torch.dtype = torch.float32, device: torch.device | None = None) -> Tensor:
+        """``[1, 1, ceil(h/2), ceil(w/2)]``: 9 / (number of non-padding pixels under each window)."""
+        def counts(size: int) -> list[int]:
+            before = same_pads(size, 3, 2)[0]
+            return [min(2 * i - before + 3, size) - max(2 * i - before, 0) for i in range(same_out(size, 2))]
+        rows = torch.tensor(counts(h), dtype=torch.float64)
+        cols = torch.tensor(counts(w), dtype=torch.float64)
+        return (9.0 / (rows[:, None] * cols[None, :]))[None, None].to(dtype=dtype, device=device)
+
+    def _corr(self, x: Tensor) -> Tensor:
+        h, w = x.shape[-2], x.shape[-1]
+        corr = self.corr
+        if corr is None or tuple(corr.shape[-2:]) != (same_out(h, 2), same_out(w, 2)) or corr.dtype != x.dtype:
+            corr = self.correction(h, w, x.dtype, x.device)
+        return corr
+
+    def _pad(self, x: Tensor) -> Tensor:
+        (pt, pb), (pl, pr) = same_pads(x.shape[-2], 3, 2), same_pads(x.shape[-1], 3, 2)
+        return F.pad(x, (pl, pr, pt, pb))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[N, C, T, H, W]`` -> ``[N, C, T, ceil(H/2), ceil(W/2)]``."""
+        return F.avg_pool3d(self._pad(x), (1, 3, 3), (1, 2, 2)) * self._corr(x).unsqueeze(2)
+
+    def step(self, x: Tensor) -> Tensor:
+        """``[N, C, H, W]`` -> ``[N, C, ceil(H/2), ceil(W/2)]``."""
+        return F.avg_pool2d(self._pad(x), 3, 2) * self._corr(x)
+
+
+class SqueezeExcite(nn.Module):
+    """The port's ``SqueezeExcitation``. Causal: the squeeze is ``cat(cumulative mean over frames, this frame's
+    spatial mean)`` (2C channels; no positional encoding, as in the port); otherwise the global mean."""
+
+    fused_w1: Tensor
+    fused_b1: Tensor
+    fused_w2: Tensor
+    fused_b2: Tensor
+
+    def __init__(self, channels: int, *, conv_type: ConvType, causal: bool, act: Act, gate: Gate,
+                 pool_window: int | None = None) -> None:
+        super().__init__()
+        mult = 2 if causal else 1
+        squeeze = make_divisible(channels // 4 * mult, 8)
+        self.causal, self.act, self.gate, self.pool_window = causal, act, gate, pool_window
+        kw = dict(conv_type=conv_type, causal=causal, norm=False, bias=True)
+        self.fc1 = ConvBlock(channels * mult, squeeze, (1, 1, 1), **kw)  # type: ignore[arg-type]
+        self.fc2 = ConvBlock(squeeze, channels, (1, 1, 1), **kw)  # type: ignore[arg-type]
+        for name in ("fused_w1", "fused_b1", "fused_w2", "fused_b2"):
+            self.register_buffer(name, None, persistent=False)
+
+    def _gate(self, x: Tensor) -> Tensor:
+        return torch.sigmoid(x) if self.gate == "sigmoid" else port_hardsigmoid(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``x [N, C, T, H, W]`` -> ``x * gate``."""
+        if self.causal:
+            s = x.mean((3, 4), keepdim=True)
+            z = torch.cat([cumulative_mean(s, window=self.pool_window), s], 1)
+        else:
+            z = x.mean((2, 3, 4), keepdim=True)
+        return x * self._gate(self.fc2(activation(self.fc1(z), self.act)))
+
+    def refold(self) -> None:
+        """Rebuild ``fused_*`` as 2D linear weights; for the hard sigmoid, fc2 absorbs ``0.2 * y + 0.5``."""
+        w1, b1 = self.fc1.conv_1.folded()
+        w2, b2 = self.fc2.conv_1.folded()
+        if self.gate == "hardsigmoid":
+            w2, b2 = 0.2 * w2, 0.2 * b2 + 0.5
+        dtype = self.fc1.conv_1.conv.weight.dtype
+        self.fused_w1, self.fused_b1 = w1.flatten(1).to(dtype), b1.to(dtype)
+        self.fused_w2, self.fused_b2 = w2.flatten(1).to(dtype), b2.to(dtype)
+
+    def step(self, x: Tensor, mean: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
+        """``x [N, C, H, W]``, running mean ``[N, C]`` of past frames' spatial means, ``r = 1 / count [N, 1]``
+        -> (``x * gate``, updated mean ``mean + r * (s - mean)``)."""
+        s = x.mean((2, 3))
+        m = mean + (s - mean) * r  # (not torch.lerp: exporters expand it into ~8 ops)
+        g = activation(F.linear(torch.cat([m, s], 1), self.fused_w1, self.fused_b1), self.act)
+        g = F.linear(g, self.fused_w2, self.fused_b2)
+        g = g.clamp(0.0, 1.0) if self.gate == "hardsigmoid" else torch.sigmoid(g)
+        return x * g.reshape(g.shape[0], g.shape[1], 1, 1), m
+
+
+class Bneck(nn.Module):
+    """The port's ``BasicBneck``: ``res + alpha * project(se(deep(expand(x))))`` (ReZero ``alpha``); the
+    residual is identity, or [TF avg-pool when strided +] 1x1 conv + BN."""
+
+    def __init__(self, spec: BlockSpec, *, conv_type: ConvType, causal: bool, in_size: tuple[int, int] | None = None,
+                 pool_window: int | None = None) -> None:
+        super().__init__()
+        act: Act = "swish" if conv_type == "3d" else "hardswish"
+        self.alpha = nn.Parameter(torch.zeros(()))
+        kw = dict(conv_type=conv_type, causal=causal)
+        self.expand = None
+        if spec.expanded != spec.cout:  # the port's condition
+            self.expand = ConvBlock(spec.cin, spec.expanded, (1, 1, 1), act=act, **kw)  # type: ignore[arg-type]
+        self.deep = ConvBlock(spec.expanded, spec.expanded, spec.kernel, stride=spec.stride, groups=spec.expanded,
+                              act=act, **kw)  # type: ignore[arg-type]
+        self.se = SqueezeExcite(spec.expanded, act=act, gate="sigmoid" if conv_type == "3d" else "hardsigmoid",
+                                pool_window=pool_window, **kw)  # type: ignore[arg-type]
+        self.project = ConvBlock(spec.expanded, spec.cout, (1, 1, 1), **kw)  # type: ignore[arg-type]
+        self.res: nn.Sequential | None = None
+        if spec.stride != 1 or spec.cin != spec.cout:
+            layers: list[nn.Module] = [TfAvgPool(in_size)] if spec.stride != 1 else []
+            layers.append(ConvBlock(spec.cin, spec.cout, (1, 1, 1), **kw))  # type: ignore[arg-type]
+            self.res = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[N, Cin, T, H, W]`` -> ``[N, Cout, T, H', W']``."""
+        res = x if self.res is None else self.res(x)
+        h = x if self.expand is None else self.expand(x)
+        return res + self.alpha * self.project(self.se(self.deep(h)))
+
+    def refold(self) -> None:
+        for m in (self.expand, self.deep, *(self.res or ())):
+            if isinstance(m, ConvBlock):
+                m.refold()
+        self.se.refold()
+        self.project.refold(scale=self.alpha.detach().double())
+
+    def step(self, x: Tensor, buf: Tensor | None, mean: Tensor, r: Tensor
+             ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """One frame ``[N, Cin, H, W]`` -> (``[N, Cout, H', W']``, new deep buffer, new SE mean)."""
+        res = x
+        for layer in self.res or ():
+            if isinstance(layer, TfAvgPool):
+                res = layer.step(res)
+            elif isinstance(layer, ConvBlock):
+                res = layer.step(res)[0]
+        h = x if self.expand is None else self.expand.step(x)[0]
+        h, buf = self.deep.step(h, buf)
+        h, mean = self.se.step(h, mean, r)
+        return res + self.project.step(h)[0], buf, mean
