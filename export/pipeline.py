@@ -83,6 +83,9 @@ def export(model: str | torch.nn.Module, *, target: str, out: str | Path = "out"
                 raise StexportError(f"cannot load a released checkpoint into unregistered module {name!r}")
             load_checkpoint(module, checkpoint, entry)
     vm: VideoModel = module
+    refold = getattr(vm, "refold", None)  # models that cache folded weights rebuild them from the parameters now
+    if callable(refold):
+        refold()
     form = form or ("stream" if vm.streaming else "clip")
     spec = build_spec(vm, form=form)
     graph = GraphModule(vm, spec).eval()
