@@ -85,3 +85,23 @@ def test_export_reproduces_authors_outputs(tmp_path: Path, name: str, target: st
     got = _run_fixture(model, _runner(target, bundle, spec), fix, output)
     err = max_err(got, want)
     assert err <= tol, f"{name} {target}: {output} max abs err {err:.3g} > {tol}"
+
+
+# models without an authors' fixture: the fixtures' fill rule gives them non-trivial weights; the parity gate
+# (artifact vs PyTorch over 16 streamed frames, and PyTorch stream vs clip) is the check
+UNFIXTURED = ["tsm_resnet50_online", "movinet_a0_stream_ensemble"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,target", [(m, t) for m in UNFIXTURED for t in TARGETS])
+def test_export_without_fixture_passes_gate(tmp_path: Path, name: str, target: str) -> None:
+    from conftest import fill_model
+
+    model = fill_model(stexport.create_model(name))
+    model.registry_name = name
+    bundle = stexport.export(model, target=target, out=tmp_path, steps=16)
+    parity = json.loads((bundle / "manifest.json").read_text())["parity"]
+    assert parity["passed"] and "warning" not in parity, parity
+    if target != "coreml":
+        assert parity["steps"] == 16 and parity["max_abs_err"]["logits"] <= 1e-4
+        assert parity["pytorch_stream_vs_clip"]["passed"]
