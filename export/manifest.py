@@ -19,7 +19,8 @@ SCHEMA_VERSION = 1
 GOLDEN_STEPS = 3
 
 
-def _version(dist: str) -> str | None:
+def package_version(dist: str) -> str | None:
+    """The installed version of distribution ``dist``, or None when it is not installed."""
     try:
         return version(dist)
     except PackageNotFoundError:
@@ -29,7 +30,7 @@ def _version(dist: str) -> str | None:
 def tool_versions() -> dict[str, str | None]:
     dists = ("stexport", "torch", "onnx", "onnxruntime", "onnxsim", "litert-torch", "ai-edge-litert", "coremltools",
              "executorch", "numpy")
-    return {"python": platform.python_version(), **{d: _version(d) for d in dists}}
+    return {"python": platform.python_version(), **{d: package_version(d) for d in dists}}
 
 
 def model_facts(model: Any, entry: ModelEntry | None, *, name: str, form: str) -> dict[str, Any]:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from stexport.manifest import package_version
 from stexport.spec import GraphModule, IOSpec
 
 
@@ -25,14 +26,9 @@ def convert(graph: GraphModule, spec: IOSpec, path: Path, *, precision: str,
     path.write_bytes(et.buffer)
     delegated = sum(1 for n in lowered.exported_program().graph.nodes
                     if n.op == "call_function" and "executorch_call_delegate" in str(n.target))
-    return {"converter": "torch.export + executorch (XNNPACK)", "executorch": _version(), "method": "forward",
-            "delegate_calls": delegated}
+    return {"converter": "torch.export + executorch (XNNPACK)", "executorch": package_version("executorch"),
+            "method": "forward", "delegate_calls": delegated}
 
-
-def _version() -> str:
-    from importlib.metadata import version
-
-    return version("executorch")
 
 
 class Runner:
@@ -45,7 +41,7 @@ class Runner:
 
         self.method = Runtime.get().load_program(str(path)).load_method("forward")
         self.spec = spec
-        self.version = _version()
+        self.version = package_version("executorch")
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         args = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.spec.input_names]

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from stexport.manifest import package_version
 from stexport.spec import GraphModule, IOSpec
 
 SIGNATURE = "serving_default"
@@ -22,16 +23,9 @@ def convert(graph: GraphModule, spec: IOSpec, path: Path, *, precision: str,
     finally:
         graph.as_dict = False
     edge.export(str(path))
-    return {"converter": "litert-torch", "litert_torch": _version("litert-torch"), "signature": SIGNATURE}
+    return {"converter": "litert-torch", "litert_torch": package_version("litert-torch") or "unknown",
+            "signature": SIGNATURE}
 
-
-def _version(dist: str) -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(dist)
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def interpreter_class() -> Any:
@@ -54,7 +48,7 @@ class Runner:
             raise RuntimeError(f"{path.name} has no signature {SIGNATURE!r}: {sorted(sigs)}")
         self.runner = self.interpreter.get_signature_runner(SIGNATURE)
         self.spec = spec
-        self.version = _version("ai-edge-litert")
+        self.version = package_version("ai-edge-litert") or "unknown"
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(self.runner(**{n: feeds[n] for n in self.spec.input_names}))
