@@ -5,11 +5,12 @@ Each block has two paths over the same weights:
 * ``forward`` (clip, ``[N, C, T, H, W]``): the reference, written like the port. ``conv_type="3d"`` uses Conv3d with
   symmetric temporal zero padding (base models); ``"2plus1d"`` runs the spatial Conv2d per frame and, for temporal
   kernels ``kt > 1``, a depthwise ``(kt, 1)`` Conv2d over ``[N, C, T, H*W]`` with causal (front) zero padding.
-* ``step`` (one frame, 4D only; stream models): eval-mode BatchNorm, the ReZero ``alpha`` and the port's
-  hard-sigmoid affine are folded into the weights (non-persistent ``fused_*`` buffers, rebuilt by
-  ``MoViNetStream.refold``). A causal temporal conv keeps its last ``kt - 1`` input frames stacked along the height
-  axis, ``buf [N, C, (kt-1)*H, W]`` (the port's ``[N, C, kt-1, H, W]`` buffer, same memory order), and runs as one
-  depthwise ``(kt, 1)`` conv with dilation ``(H, 1)`` over ``cat([buf, x], dim=2)``: 4 ops, no reshapes.
+* ``step`` (one frame, 4D only; stream models): channels-last ``[N, H, W, C]`` tensors throughout, the layout of
+  XNNPACK, LiteRT and the mobile GPU delegates, so an exported step graph carries no layout transposes. Eval-mode
+  BatchNorm, the ReZero ``alpha`` and the hard-sigmoid affine are folded into the weights (non-persistent
+  ``fused_*`` buffers, rebuilt by ``MoViNetStream.refold``). A causal temporal conv keeps its last ``kt - 1`` input
+  frames stacked along the height axis, ``buf [N, (kt-1)*H, W, C]`` (oldest first), and runs as one depthwise
+  ``(kt, 1)`` conv with dilation ``(H, 1)`` over ``cat([buf, x], dim=1)``: 4 ops, no reshapes.
 
 All spatial padding is TensorFlow "SAME" (``tf_like=True`` in the port, the only mode of the released weights),
 computed from static shapes and applied with ``F.pad`` (or the conv's own padding when symmetric).
@@ -35,6 +36,19 @@ def is_tracing() -> bool:
     """True inside torch.jit.trace / torch.export / torch.compile / torch.fx tracing (no eager-only tricks)."""
     return bool(torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.compiler.is_exporting()
                 or torch.fx._symbolic_trace._is_fx_tracing_flag)
+
+
+def conv_nhwc(x: Tensor, w: Tensor, b: Tensor, *, stride: int = 1, padding: tuple[int, int] = (0, 0),
+              dilation: tuple[int, int] = (1, 1), groups: int = 1) -> Tensor:
+    """``F.conv2d`` on channels-last tensors: ``x [N, H, W, Cin]`` -> ``[N, H', W', Cout]`` (NCHW weights). The two
+    permutes are free views in eager mode and cancel against the converters' own layout transposes."""
+    return F.conv2d(x.permute(0, 3, 1, 2), w, b, stride, padding, dilation, groups).permute(0, 2, 3, 1)
+
+
+def pad_nhwc(x: Tensor, pads: tuple[int, int, int, int]) -> Tensor:
+    """Zero-pad ``x [N, H, W, C]`` by ``(left, right, top, bottom)``."""
+    pl, pr, pt, pb = pads
+    return F.pad(x, (0, 0, pl, pr, pt, pb)) if any(pads) else x
 
 
 def activation(x: Tensor, kind: Act) -> Tensor:
@@ -170,9 +184,11 @@ class ConvBlock(nn.Module):
         return activation(self.conv_2(y), self.act).reshape(n, co, t, ho, wo)
 
     # -- frame path (folded weights, 4D) ---------------------------------------------------------------------------
-    def refold(self, *, scale: Tensor | float = 1.0, shift: float = 0.0) -> None:
-        """Rebuild ``fused_*``: BatchNorm folded; the last conv's output mapped to ``scale * y + shift``."""
+    def refold(self, *, scale: Tensor | float = 1.0, shift: float = 0.0, in_scale: float = 1.0) -> None:
+        """Rebuild ``fused_*``: BatchNorm folded; the last conv's output mapped to ``scale * y + shift``; the first
+        conv takes its input multiplied by ``in_scale`` (folded into its weight)."""
         w1, b1 = self.conv_1.folded()
+        w1 = w1 * in_scale
         dtype = self.conv_1.conv.weight.dtype
         if self.conv_2 is None:
             w1, b1 = w1 * scale, b1 * scale + shift
@@ -182,20 +198,23 @@ class ConvBlock(nn.Module):
         self.fused_w1, self.fused_b1 = w1.to(dtype), b1.to(dtype)
 
     def step(self, x: Tensor, buf: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """``x [N, Cin, H, W]`` (one frame) -> ``([N, Cout, H', W'], new buf)``; ``buf [N, Cout, (kt-1)*H', W']``
-        holds the previous ``kt - 1`` outputs of ``conv_1`` (oldest first), or is None when ``kt == 1``."""
-        pl, pr, pt, pb = self._pads(x.shape[-2], x.shape[-1])
+        """``x [N, H, W, Cin]`` (one frame, channels-last) -> ``([N, H', W', Cout], new buf)``; ``buf
+        [N, (kt-1)*H', W', Cout]`` holds the previous ``kt - 1`` outputs of ``conv_1`` (oldest first), or is None
+        when ``kt == 1``."""
+        pads = self._pads(int(x.shape[1]), int(x.shape[2]))
+        pl, pr, pt, pb = pads
         pad = (pt, pl)
         if pl != pr or pt != pb:
-            x, pad = F.pad(x, (pl, pr, pt, pb)), (0, 0)
-        y = activation(F.conv2d(x, self.fused_w1, self.fused_b1, self.stride, pad, 1, self.groups), self.act)
+            x, pad = pad_nhwc(x, pads), (0, 0)
+        y = activation(conv_nhwc(x, self.fused_w1, self.fused_b1, stride=self.stride, padding=pad,
+                                 groups=self.groups), self.act)
         if self.conv_2 is None:
             return y, None
         assert buf is not None
-        h = y.shape[2]
-        z = torch.cat([buf, y], 2)
-        out = F.conv2d(z, self.fused_w2, self.fused_b2, 1, 0, (h, 1), self.groups)
-        return activation(out, self.act), z[:, :, h:]
+        h = int(y.shape[1])
+        z = torch.cat([buf, y], 1)
+        out = conv_nhwc(z, self.fused_w2, self.fused_b2, dilation=(h, 1), groups=self.groups)
+        return activation(out, self.act), z[:, h:]
 
 
 class TfAvgPool(nn.Module):
@@ -225,17 +244,23 @@ class TfAvgPool(nn.Module):
             corr = self.correction(h, w, x.dtype, x.device)
         return corr
 
-    def _pad(self, x: Tensor) -> Tensor:
-        (pt, pb), (pl, pr) = same_pads(x.shape[-2], 3, 2), same_pads(x.shape[-1], 3, 2)
-        return F.pad(x, (pl, pr, pt, pb))
+    @staticmethod
+    def _pads(x: Tensor, channels_last: bool = True) -> tuple[int, int, int, int]:
+        """(left, right, top, bottom) TF-"same" pads of ``x`` (``[..., H, W, C]``, or ``[..., H, W]``)."""
+        h, w = (int(x.shape[-3]), int(x.shape[-2])) if channels_last else (int(x.shape[-2]), int(x.shape[-1]))
+        (pt, pb), (pl, pr) = same_pads(h, 3, 2), same_pads(w, 3, 2)
+        return pl, pr, pt, pb
 
     def forward(self, x: Tensor) -> Tensor:
         """``[N, C, T, H, W]`` -> ``[N, C, T, ceil(H/2), ceil(W/2)]``."""
-        return F.avg_pool3d(self._pad(x), (1, 3, 3), (1, 2, 2)) * self._corr(x).unsqueeze(2)
+        pl, pr, pt, pb = self._pads(x, channels_last=False)
+        return F.avg_pool3d(F.pad(x, (pl, pr, pt, pb)), (1, 3, 3), (1, 2, 2)) * self._corr(x).unsqueeze(2)
 
     def step(self, x: Tensor) -> Tensor:
-        """``[N, C, H, W]`` -> ``[N, C, ceil(H/2), ceil(W/2)]``."""
-        return F.avg_pool2d(self._pad(x), 3, 2) * self._corr(x)
+        """``[N, H, W, C]`` -> ``[N, ceil(H/2), ceil(W/2), C]``: zero pad, average, rescale by the valid count (3
+        ops that every delegate runs)."""
+        y = F.avg_pool2d(pad_nhwc(x, self._pads(x)).permute(0, 3, 1, 2), 3, 2)
+        return y.permute(0, 2, 3, 1) * self._corr(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
 
 
 class SqueezeExcite(nn.Module):
@@ -271,25 +296,31 @@ class SqueezeExcite(nn.Module):
             z = x.mean((2, 3, 4), keepdim=True)
         return x * self._gate(self.fc2(activation(self.fc1(z), self.act)))
 
+    @property
+    def out_scale(self) -> float:
+        """What ``step``'s output is off by, for the next conv to fold in: the hard-sigmoid gate runs as
+        ``relu6(6 * (0.2 * y + 0.5))`` (one fused FULLY_CONNECTED + RELU6 in TFLite), i.e. 6x the gate."""
+        return 1.0 / 6.0 if self.gate == "hardsigmoid" else 1.0
+
     def refold(self) -> None:
-        """Rebuild ``fused_*`` as 2D linear weights; for the hard sigmoid, fc2 absorbs ``0.2 * y + 0.5``."""
+        """Rebuild ``fused_*`` as 2D linear weights; for the hard sigmoid, fc2 absorbs ``6 * (0.2 * y + 0.5)``."""
         w1, b1 = self.fc1.conv_1.folded()
         w2, b2 = self.fc2.conv_1.folded()
         if self.gate == "hardsigmoid":
-            w2, b2 = 0.2 * w2, 0.2 * b2 + 0.5
+            w2, b2 = 1.2 * w2, 1.2 * b2 + 3.0
         dtype = self.fc1.conv_1.conv.weight.dtype
         self.fused_w1, self.fused_b1 = w1.flatten(1).to(dtype), b1.to(dtype)
         self.fused_w2, self.fused_b2 = w2.flatten(1).to(dtype), b2.to(dtype)
 
     def step(self, x: Tensor, mean: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
-        """``x [N, C, H, W]``, running mean ``[N, C]`` of past frames' spatial means, ``r = 1 / count [N, 1]``
-        -> (``x * gate``, updated mean ``mean + r * (s - mean)``)."""
-        s = x.mean((2, 3))
+        """``x [N, H, W, C]``, running mean ``[N, C]`` of past frames' spatial means, ``r = 1 / count [N, 1]``
+        -> (``x * gate / out_scale``, updated mean ``mean + r * (s - mean)``)."""
+        s = x.mean((1, 2))
         m = mean + (s - mean) * r  # (not torch.lerp: exporters expand it into ~8 ops)
         g = activation(F.linear(torch.cat([m, s], 1), self.fused_w1, self.fused_b1), self.act)
         g = F.linear(g, self.fused_w2, self.fused_b2)
-        g = g.clamp(0.0, 1.0) if self.gate == "hardsigmoid" else torch.sigmoid(g)
-        return x * g.reshape(g.shape[0], g.shape[1], 1, 1), m
+        g = F.relu6(g) if self.gate == "hardsigmoid" else torch.sigmoid(g)
+        return x * g.reshape(g.shape[0], 1, 1, g.shape[1]), m
 
 
 class Bneck(nn.Module):
@@ -327,11 +358,11 @@ class Bneck(nn.Module):
             if isinstance(m, ConvBlock):
                 m.refold()
         self.se.refold()
-        self.project.refold(scale=self.alpha.detach().double())
+        self.project.refold(scale=self.alpha.detach().double(), in_scale=self.se.out_scale)
 
     def step(self, x: Tensor, buf: Tensor | None, mean: Tensor, r: Tensor
              ) -> tuple[Tensor, Tensor | None, Tensor]:
-        """One frame ``[N, Cin, H, W]`` -> (``[N, Cout, H', W']``, new deep buffer, new SE mean)."""
+        """One frame ``[N, H, W, Cin]`` -> (``[N, H', W', Cout]``, new deep buffer, new SE mean)."""
         res = x
         for layer in self.res or ():
             if isinstance(layer, TfAvgPool):

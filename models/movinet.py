@@ -20,9 +20,9 @@ Checkpoints: the port's released state_dicts load as they are (``weights/modelA{
 Stream state (all float32, batch first; ``H_l, W_l`` = the block's output size for the entry's ``input_size``):
 
 * ``frame_count [N, 1]``: frames seen, shared by every cumulative pool; saturates at ``pool_window`` if set.
-* ``b{i}_l{j}_deep_buf [N, C, (kt-1)*H_l, W_l]`` for blocks with a temporal kernel ``kt > 1``: the last ``kt - 1``
-  frames entering the causal temporal conv, stacked along height, oldest first (the port's ``deep.activation``
-  ``[N, C, kt-1, H, W]`` in the same memory order).
+* ``b{i}_l{j}_deep_buf [N, (kt-1)*H_l, W_l, C]`` (channels-last) for blocks with a temporal kernel ``kt > 1``: the
+  last ``kt - 1`` frames entering the causal temporal conv, stacked along height, oldest first (the port's
+  ``deep.activation`` ``[N, C, kt-1, H, W]``, permuted to channels-last).
 * ``b{i}_l{j}_se_mean [N, C]``: running mean of the block's per-frame spatial means (the port's
   ``se.temporal_cumualtive_GAvg3D`` cumulative *sum* divided by the count).
 * ``head_mean [N, C_head]``: running mean of the pooled features (the port's ``cgap``).
@@ -35,10 +35,10 @@ implements the same recurrence).
 
 ``step`` runs on folded weights (eval-mode BatchNorm, ReZero ``alpha`` and the hard-sigmoid affine folded into the
 convs; non-persistent ``fused_*`` buffers rebuilt after ``load_state_dict``, ``.to()/.double()``, and before an eager
-step whenever a parameter changed in place). It uses 4D tensors only: conv2d (the causal temporal conv is a
-depthwise ``(kt, 1)`` conv with dilation ``(H, 1)`` over the height-stacked buffer), linear, mean, cat, slice, pad,
-avg_pool2d and elementwise ops. In eager mode (not while tracing/exporting) the frame is made channels_last for
-speed; the traced graph does not contain that conversion.
+step whenever a parameter changed in place). It uses 4D channels-last tensors only (the frame is permuted once):
+conv2d (the causal temporal conv is a depthwise ``(kt, 1)`` conv with dilation ``(H, 1)`` over the height-stacked
+buffer), linear, mean, cat, slice, pad, avg_pool2d and elementwise ops; in TFLite that is one XNNPACK partition with
+no layout transposes.
 """
 
 from __future__ import annotations
@@ -179,7 +179,7 @@ class MoViNetStream(_Trunk, StreamModel):
         for (name, blk), (h, w) in zip(self.bnecks(), self._sizes, strict=True):
             c, kt = blk.deep.conv_1.conv.out_channels, blk.deep.kernel[0]
             if blk.deep.conv_2 is not None:
-                out.append((f"{name}_deep_buf", (c, (kt - 1) * h, w)))
+                out.append((f"{name}_deep_buf", ((kt - 1) * h, w, c)))
             out.append((f"{name}_se_mean", (c,)))
         out.append(("head_mean", (self.spec.head,)))
         return out
@@ -228,13 +228,15 @@ class MoViNetStream(_Trunk, StreamModel):
                 self.refold()
             if self.conv1.conv_1.conv.weight.dtype == torch.float32:
                 self.check_frame(frame)
-                frame = frame.contiguous(memory_format=torch.channels_last)  # eager speed only (same values)
         count = state["frame_count"] + 1.0
         if self.pool_window is not None:
             count = count.clamp(max=float(self.pool_window))
         r = count.reciprocal()
         new: State = {"frame_count": count}
-        x = self.conv1.step(frame)[0]
+        x = frame.permute(0, 2, 3, 1)  # channels-last from here on
+        if not is_tracing():
+            x = x.contiguous()  # eager speed only (same values): the convs then run channels-last kernels
+        x = self.conv1.step(x)[0]
         for name, blk in self.bnecks():
             buf_key = f"{name}_deep_buf"
             buf = state[buf_key] if blk.deep.conv_2 is not None else None
@@ -243,7 +245,7 @@ class MoViNetStream(_Trunk, StreamModel):
                 new[buf_key] = buf
             new[f"{name}_se_mean"] = mean
         x = self.conv7.step(x)[0]
-        m = state["head_mean"] + (x.mean((2, 3)) - state["head_mean"]) * r
+        m = state["head_mean"] + (x.mean((1, 2)) - state["head_mean"]) * r
         new["head_mean"] = m
         h = activation(F.linear(m, self.fused_head_w1, self.fused_head_b1), "swish")
         return F.linear(h, self.fused_head_w2, self.fused_head_b2), new
@@ -272,6 +274,11 @@ class MoViNetEnsemble(StreamModel):
         self.b = MoViNetStream(spec, **kw)  # type: ignore[arg-type]
         self.spec, self.num_classes, self.pool_window = spec, num_classes, pool_window
         self.input_size, self.num_frames = self.a.input_size, self.a.num_frames
+
+    def refold(self) -> None:
+        """Rebuild both members' folded weights (see `MoViNetStream.refold`)."""
+        self.a.refold()
+        self.b.refold()
 
     def forward_packed(self, x: Tensor) -> Tensor:
         la = self.a.forward_packed(x)

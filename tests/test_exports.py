@@ -13,6 +13,7 @@ import torch
 from conftest import clip_input, load_fixture, max_err, released_checkpoint
 
 import stexport
+from stexport.graphcheck import onnx_max_rank, tflite_max_rank, tflite_partitions
 from stexport.models import pack_clip
 from stexport.spec import build_spec
 from stexport.targets import TARGETS
@@ -28,7 +29,9 @@ CASES = {
     "tsm_resnet50": ("tsm/resnet50_k400_8f.json", "module_state_dict", "per_segment_logits", 1e-4),
     "blvnet_tam_r50": ("blvnet_tam/ssv2_r50_a2b4_f8x2_224.json", "plain", "logits", 1e-4),
 }
-DEFAULT = {"movinet_a0_stream", "squeezetime", "tsm_mobilenetv2_online", "blvnet_tam_r50"}
+DEFAULT = {"movinet_a0_stream", "movinet_a2_stream", "squeezetime", "tsm_mobilenetv2_online", "blvnet_tam_r50"}
+# the seed-002 reference LiteRT sample's A0 stream graph: 428 ops in 16 XNNPACK partitions (see the README)
+PEER_A0_TFLITE_OPS = 428
 PARAMS = [pytest.param(m, t, id=f"{m}-{t}", marks=() if m in DEFAULT or (m, t) == ("tsm_mobilenetv2", "onnx")
                        else pytest.mark.slow)
           for m in CASES for t in TARGETS]
@@ -80,6 +83,14 @@ def test_export_reproduces_authors_outputs(tmp_path: Path, name: str, target: st
         assert manifest["parity"]["spec_checked"]
         return
     assert manifest["parity"]["max_abs_err"]["logits"] <= 1e-4
+    artifact = bundle / manifest["artifact"]["file"]
+    if model.streaming and target in ("onnx", "tflite"):  # 4D-only stream graphs (mobile GPU delegates)
+        rank = onnx_max_rank(artifact) if target == "onnx" else tflite_max_rank(artifact)
+        assert rank <= 4, f"{name} {target}: a tensor of rank {rank}"
+    if name.startswith("movinet") and target == "tflite":  # the whole step in one XNNPACK partition
+        graph = tflite_partitions(artifact)
+        assert graph["delegate_partitions"] == 1, graph
+        assert name != "movinet_a0_stream" or graph["ops_total"] < PEER_A0_TFLITE_OPS, graph  # measured: 301
     spec = build_spec(model, form=manifest["form"])
     want = np.asarray(fix["outputs"][output], np.float64)
     got = _run_fixture(model, _runner(target, bundle, spec), fix, output)
@@ -89,7 +100,8 @@ def test_export_reproduces_authors_outputs(tmp_path: Path, name: str, target: st
 
 # models without an authors' fixture: the fixtures' fill rule gives them non-trivial weights; the parity gate
 # (artifact vs PyTorch over 16 streamed frames, and PyTorch stream vs clip) is the check
-UNFIXTURED = ["tsm_resnet50_online", "movinet_a0_stream_ensemble"]
+UNFIXTURED = ["tsm_resnet50_online", "movinet_a0_stream_ensemble",
+              *(f"movinet_a{i}_stream" for i in (1, 3, 4, 5))]
 
 
 @pytest.mark.slow

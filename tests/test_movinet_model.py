@@ -101,6 +101,16 @@ def _float64_depthwise_conv2d(conv2d):
     return wrapped
 
 
+@pytest.fixture
+def one_thread():
+    """Per-frame steps of a small model are tiny ops: intra-op threads only add synchronisation (and stall badly on
+    a busy machine), so the long runs use one thread."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 # -- registry ----------------------------------------------------------------------------------------------------------
 def test_registry_entries():
     names = {n for n, e in M.entries().items() if e.origin == M.movinet.ORIGIN}  # type: ignore[attr-defined]
@@ -160,7 +170,7 @@ def test_stream_matches_fixture(tmp_path, variant):
             kt = s["kernel_size"][0]
             assert shape[2] == kt - 1 and shape[3] == h_of[f"blocks.{block}"]
             ours = state[f"{block}_deep_buf"]
-            assert tuple(ours.shape) == (1, shape[1], shape[2] * shape[3], shape[4])
+            assert tuple(ours.shape) == (1, shape[2] * shape[3], shape[4], shape[1])  # channels-last
             expected.add(f"{block}_deep_buf")
         else:
             assert tuple(state[f"{block}_se_mean"].shape) == (1, shape[1])
@@ -206,7 +216,7 @@ def test_parameter_counts_and_stage_shapes(variant, stream):
 
 
 @pytest.mark.parametrize("variant", _slow_if_big(["a1", "a3", "a4", "a5"]))
-def test_stream_steps_equal_causal_clip(variant):
+def test_stream_steps_equal_causal_clip(variant, one_thread):
     model = fill_model(M.create_model(f"movinet_{variant}_stream", input_size=64))
     clip = torch.rand(1, 3, 4, 64, 64, generator=torch.Generator().manual_seed(1))
     stepped = stream_logits(model, clip)
@@ -252,7 +262,7 @@ def test_step_graph_is_4d(name):
 
 
 # -- state contract ----------------------------------------------------------------------------------------------------
-def test_state_contract_and_no_mutation():
+def test_state_contract_and_no_mutation(one_thread):
     model = fill_model(M.create_model("movinet_a0_stream", input_size=64))
     state = model.init_state(batch_size=2)
     assert list(state)[0] == "frame_count" and list(state)[-1] == "head_mean"
@@ -272,7 +282,7 @@ def test_state_contract_and_no_mutation():
     assert s1["frame_count"].flatten().tolist() == [1.0, 1.0]
 
 
-def test_folded_weights_follow_parameter_changes(monkeypatch):
+def test_folded_weights_follow_parameter_changes(monkeypatch, one_thread):
     monkeypatch.setattr(torch.nn.functional, "conv2d", _float64_depthwise_conv2d(torch.nn.functional.conv2d))
     model = fill_model(M.create_model("movinet_a0_stream", input_size=32))
     clip = torch.rand(1, 3, 3, 32, 32, generator=torch.Generator().manual_seed(3))
@@ -289,7 +299,7 @@ def test_folded_weights_follow_parameter_changes(monkeypatch):
 
 
 # -- pool_window -------------------------------------------------------------------------------------------------------
-def test_pool_window_is_an_ema_after_window_frames():
+def test_pool_window_is_an_ema_after_window_frames(one_thread):
     plain = fill_model(M.create_model("movinet_a0_stream", input_size=32))
     windowed = fill_model(M.create_model("movinet_a0_stream", input_size=32, pool_window=3))
     assert plain.pool_window is None and windowed.pool_window == 3
@@ -305,16 +315,6 @@ def test_pool_window_is_an_ema_after_window_frames():
 
 
 # -- long videos stay bounded ------------------------------------------------------------------------------------------
-@pytest.fixture
-def one_thread():
-    """Per-frame steps of a small model are tiny ops: intra-op threads only add synchronisation (and stall badly on
-    a busy machine), so the long runs use one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _long_run(monkeypatch, n_frames: int) -> None:
     """Float32 stepping of a small-resolution A0 stream vs the same model in float64, ``n_frames`` frames drawn
     from a fixed pool of 8: finite, bounded states, and logits that do not drift away from float64."""
@@ -339,8 +339,10 @@ def _long_run(monkeypatch, n_frames: int) -> None:
     assert all(torch.isfinite(v).all() for v in state.values())
     assert state["frame_count"].item() == n_frames
     assert peak_late <= 1.05 * peak_early  # no state grows with the video length (the counter excepted)
-    err = (logits.double() - logits64).abs().max().item()
-    assert err < 1e-5, err  # measured: see the report in the module docstring of stexport.models.movinet
+    # float32 vs float64 measured at 500 / 10,000 frames: logits 1.9e-7 / 9.6e-7, running means 2.6e-7 / 1.1e-5
+    # (the float32 running-mean rounding error grows slowly with the count; `pool_window` bounds it)
+    assert (logits.double() - logits64).abs().max().item() < 1e-5
+    assert max((state[k].double() - state64[k]).abs().max().item() for k in state if k.endswith("mean")) < 1e-4
 
 
 def test_long_run_500_frames_bounded(monkeypatch, one_thread):
@@ -353,7 +355,7 @@ def test_long_run_10000_frames_bounded(monkeypatch, one_thread):
 
 
 # -- base models: ring-buffer step -------------------------------------------------------------------------------------
-def test_base_ring_buffer_step_is_the_last_clip():
+def test_base_ring_buffer_step_is_the_last_clip(one_thread):
     model = fill_model(M.create_model("movinet_a0", input_size=48, num_frames=3))
     state = model.init_state()
     assert list(state) == ["frames"] and tuple(state["frames"].shape) == (1, 9, 48, 48)
@@ -386,7 +388,7 @@ def test_ensemble_clip_equals_steps_and_loads_checkpoint(tmp_path):
     assert max_err(stepped, expected) < ATOL
 
 
-def test_ensemble_members_differ():
+def test_ensemble_members_differ(one_thread):
     model = M.create_model("movinet_a0_stream_ensemble", input_size=32)
     fill_model(model.a)
     torch.manual_seed(0)
