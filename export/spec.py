@@ -113,6 +113,7 @@ def build_spec(model: nn.Module, *, form: Form, batch_size: int = 1) -> IOSpec:
         extra_specs = tuple(TensorSpec(n, tuple(probe[n].shape), role="extra") for n in extra)
         return IOSpec("clip", (clip,), (logits, *extra_specs))
     init = model.init_state(batch_size)  # type: ignore[operator]
+    layouts: dict[str, str] = model.state_layouts() if hasattr(model, "state_layouts") else {}  # type: ignore[operator]
     states = []
     for name, value in init.items():
         if not name.isidentifier() or name.lower() != name or name in ("frame", "logits", "clip"):
@@ -122,7 +123,7 @@ def build_spec(model: nn.Module, *, form: Form, batch_size: int = 1) -> IOSpec:
         if torch.count_nonzero(value) != 0:
             raise ValueError(f"state {name!r} does not start at zero")
         states.append(StateSpec(name, f"{name}_out", tuple(value.shape), str(value.dtype).replace("torch.", ""),
-                                layout=_state_layout(tuple(value.shape))))
+                                layout=layouts.get(name) or _state_layout(tuple(value.shape))))
     frame = TensorSpec("frame", (batch_size, 3, h, w), layout="NCHW", role="frame")
     ins = (frame, *(TensorSpec(s.name, s.shape, s.dtype, s.layout, "state", "zeros") for s in states))
     outs = (logits, *(TensorSpec(s.output, s.shape, s.dtype, s.layout, "state_out") for s in states))

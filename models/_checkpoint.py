@@ -21,7 +21,8 @@ def _listing(what: str, items: list[str], limit: int = 8) -> str:
 
 def unwrap(obj: object, *, nested: tuple[str, ...] = ("state_dict", "model"), strip: tuple[str, ...] = ("module.",)
            ) -> StateDict:
-    """A flat key -> tensor dict from a loaded checkpoint: a plain state_dict, or one under ``obj[nested[i]]``;
+    """A flat key -> tensor dict from a loaded checkpoint: a plain state_dict, one under ``obj[nested[i]]``, or
+    state_dicts of submodules (``{"a": sd_a, "b": sd_b}`` -> ``a.<key>``, ``b.<key>``, e.g. an ensemble's members);
     a leading ``strip`` prefix present on every key (DataParallel's ``module.``) is removed."""
     if not isinstance(obj, Mapping):
         raise CheckpointMismatchError(f"checkpoint holds a {type(obj).__name__}, not a state_dict")
@@ -32,6 +33,10 @@ def unwrap(obj: object, *, nested: tuple[str, ...] = ("state_dict", "model"), st
                 sd = sd[key]  # type: ignore[assignment]
                 break
         else:
+            parts = {k: unwrap(v, nested=nested, strip=strip) for k, v in sd.items() if isinstance(v, Mapping)
+                     and any(isinstance(t, torch.Tensor) for t in v.values())}
+            if parts and len(parts) == len(sd):
+                return {f"{k}.{kk}": t for k, part in parts.items() for kk, t in part.items()}
             raise CheckpointMismatchError(f"checkpoint has no tensors; its top-level keys: {sorted(sd)[:10]}")
     tensors = {k: v for k, v in sd.items() if isinstance(v, torch.Tensor)}
     for prefix in strip:

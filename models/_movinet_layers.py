@@ -51,6 +51,15 @@ def pad_nhwc(x: Tensor, pads: tuple[int, int, int, int]) -> Tensor:
     return F.pad(x, (0, 0, pl, pr, pt, pb)) if any(pads) else x
 
 
+def spatial_mean(x: Tensor) -> Tensor:
+    """``x [N, H, W, C]`` -> ``[N, C]``, written as a whole-frame average pool of the NCHW view: the one form that
+    LiteRT (channels-last, no transposes) and ExecuTorch's XNNPACK partitioner both take in full. (ONNX gets a
+    plain ReduceMean: ONNX Runtime would have to transpose for the pool.)"""
+    if torch.onnx.is_in_onnx_export():
+        return x.mean((1, 2))
+    return F.avg_pool2d(x.permute(0, 3, 1, 2), (int(x.shape[1]), int(x.shape[2]))).flatten(1)
+
+
 def activation(x: Tensor, kind: Act) -> Tensor:
     """``swish`` = x * sigmoid(x) (the port's Swish), ``hardswish`` = torch's Hardswish, ``none`` = identity."""
     if kind == "swish":
@@ -315,7 +324,7 @@ class SqueezeExcite(nn.Module):
     def step(self, x: Tensor, mean: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
         """``x [N, H, W, C]``, running mean ``[N, C]`` of past frames' spatial means, ``r = 1 / count [N, 1]``
         -> (``x * gate / out_scale``, updated mean ``mean + r * (s - mean)``)."""
-        s = x.mean((1, 2))
+        s = spatial_mean(x)
         m = mean + (s - mean) * r  # (not torch.lerp: exporters expand it into ~8 ops)
         g = activation(F.linear(torch.cat([m, s], 1), self.fused_w1, self.fused_b1), self.act)
         g = F.linear(g, self.fused_w2, self.fused_b2)

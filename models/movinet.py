@@ -53,7 +53,7 @@ from torch import Tensor, nn
 
 from ._base import ClipModel, State, StreamModel, unpack_clip
 from ._movinet_config import SPECS, MoViNetSpec, same_out
-from ._movinet_layers import Act, Bneck, ConvBlock, ConvType, activation, cumulative_mean, is_tracing
+from ._movinet_layers import Act, Bneck, ConvBlock, ConvType, activation, cumulative_mean, is_tracing, spatial_mean
 from ._registry import ModelEntry, Preprocess, register
 
 ORIGIN = "Atze00/MoViNet-pytorch (TF-Hub kinetics-600 classification/3)"
@@ -134,6 +134,7 @@ class MoViNetStream(_Trunk, StreamModel):
     fused_head_b1: Tensor
     fused_head_w2: Tensor
     fused_head_b2: Tensor
+    one: Tensor
 
     def __init__(self, spec: MoViNetSpec, *, num_classes: int = 600, input_size: int | None = None,
                  num_frames: int | None = None, pool_window: int | None = None) -> None:
@@ -149,6 +150,7 @@ class MoViNetStream(_Trunk, StreamModel):
                                         input_size=self.input_size, pool_window=pool_window)
         for name in ("fused_head_w1", "fused_head_b1", "fused_head_w2", "fused_head_b2"):
             self.register_buffer(name, None, persistent=False)
+        self.register_buffer("one", torch.ones(1, 1), persistent=False)  # 1 / count as a DIV of two tensors
         self._fold_sources: list[Tensor] = []
         self._fold_token: tuple[object, ...] = ()
         self.register_load_state_dict_post_hook(_refold_after_load)
@@ -183,6 +185,10 @@ class MoViNetStream(_Trunk, StreamModel):
             out.append((f"{name}_se_mean", (c,)))
         out.append(("head_mean", (self.spec.head,)))
         return out
+
+    def state_layouts(self) -> dict[str, str]:
+        """Axis meaning of each state for the manifest: deep buffers are channels-last, frames stacked on H."""
+        return {name: "N(T*H)WC" if name.endswith("_deep_buf") else "NC" for name, _ in self.state_layout()}
 
     def init_state(self, batch_size: int = 1) -> State:
         w = self.conv1.conv_1.conv.weight
@@ -231,7 +237,7 @@ class MoViNetStream(_Trunk, StreamModel):
         count = state["frame_count"] + 1.0
         if self.pool_window is not None:
             count = count.clamp(max=float(self.pool_window))
-        r = count.reciprocal()
+        r = self.one / count  # (a tensor DIV, which every delegate takes; 1.0 / x exports as reciprocal)
         new: State = {"frame_count": count}
         x = frame.permute(0, 2, 3, 1)  # channels-last from here on
         if not is_tracing():
@@ -245,7 +251,7 @@ class MoViNetStream(_Trunk, StreamModel):
                 new[buf_key] = buf
             new[f"{name}_se_mean"] = mean
         x = self.conv7.step(x)[0]
-        m = state["head_mean"] + (x.mean((1, 2)) - state["head_mean"]) * r
+        m = state["head_mean"] + (spatial_mean(x) - state["head_mean"]) * r
         new["head_mean"] = m
         h = activation(F.linear(m, self.fused_head_w1, self.fused_head_b1), "swish")
         return F.linear(h, self.fused_head_w2, self.fused_head_b2), new
@@ -290,6 +296,10 @@ class MoViNetEnsemble(StreamModel):
         """Per-frame logits ``[N, T, K]`` (what ``step`` returns frame by frame)."""
         la, lb = self.a.clip_logits(clip), self.b.clip_logits(clip)
         return torch.cat([la[:, :1], 0.5 * (la[:, 1:] + lb[:, :-1])], 1)
+
+    def state_layouts(self) -> dict[str, str]:
+        inner = self.a.state_layouts()
+        return {**{f"{m}_{k}": v for m in "ab" for k, v in inner.items()}, "b_prev_logits": "NK"}
 
     def init_state(self, batch_size: int = 1) -> State:
         state = {f"a_{k}": v for k, v in self.a.init_state(batch_size).items()}

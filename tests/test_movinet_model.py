@@ -386,6 +386,10 @@ def test_ensemble_clip_equals_steps_and_loads_checkpoint(tmp_path):
     single = np.asarray(fix["outputs"]["per_frame_logits"])[:4]
     expected = np.concatenate([single[:1], 0.5 * (single[1:] + single[:-1])])
     assert max_err(stepped, expected) < ATOL
+    # the members' state_dicts nested as {"a": ..., "b": ...} load the same
+    torch.save({"a": sd, "b": sd}, tmp_path / "nested.pt")
+    nested = M.create_model("movinet_a0_stream_ensemble", checkpoint=tmp_path / "nested.pt")
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in nested.state_dict().items())
 
 
 def test_ensemble_members_differ(one_thread):
