@@ -261,9 +261,11 @@ class TfAvgPool(nn.Module):
         return pl, pr, pt, pb
 
     def forward(self, x: Tensor) -> Tensor:
-        """``[N, C, T, H, W]`` -> ``[N, C, T, ceil(H/2), ceil(W/2)]``."""
-        pl, pr, pt, pb = self._pads(x, channels_last=False)
-        return F.avg_pool3d(F.pad(x, (pl, pr, pt, pb)), (1, 3, 3), (1, 2, 2)) * self._corr(x).unsqueeze(2)
+        """``[N, C, T, H, W]`` -> ``[N, C, T, ceil(H/2), ceil(W/2)]`` (a 2D pool over ``[N, C*T, H, W]``: every
+        runtime has one, ExecuTorch's portable kernels have no 3D pool)."""
+        n, c, t, h, w = x.shape
+        y = F.avg_pool2d(F.pad(x.reshape(n, c * t, h, w), self._pads(x, channels_last=False)), 3, 2)
+        return (y * self._corr(x)).reshape(n, c, t, y.shape[-2], y.shape[-1])
 
     def step(self, x: Tensor) -> Tensor:
         """``[N, H, W, C]`` -> ``[N, ceil(H/2), ceil(W/2), C]``: zero pad, average, rescale by the valid count (3
