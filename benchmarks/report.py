@@ -119,8 +119,24 @@ def machine_lines(rows: list[dict[str, Any]]) -> str:
     return "\n".join(seen.values())
 
 
+def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One flat record per runtime row (what the table shows), for tools that do not want the full rows."""
+    out = []
+    for r in rows:
+        if r["kind"] != "runtime":
+            continue
+        rt = r["runtime"] or {}
+        lat, par, vs = rt.get("latency") or {}, rt.get("parity") or {}, rt.get("vs_pytorch") or {}
+        out.append({"model": r["model"]["name"], "step": r["model"]["step_unit"], "target": r["target"],
+                    "precision": r["precision"], "threads": r["threads"], "status": r["status"],
+                    "median_ms": lat.get("median_ms"), "p90_ms": lat.get("p90_ms"),
+                    "speedup_vs_pytorch": vs.get("speedup_median"), "max_abs_err_logits": par.get("max_abs_err_logits"),
+                    "gflops_per_step": r["model"]["gflops_per_step"], "run_id": r["run_id"]})
+    return out
+
+
 def write_reports(out_dir: Path, *, plots: bool = True) -> dict[str, Path]:
-    """``table.md``, ``plots/*.png`` and ``README_section.md`` from every row in ``out_dir``."""
+    """``table.md``, ``summary.json``, ``plots/*.png`` and ``README_section.md`` from every row in ``out_dir``."""
     rows = load_rows(out_dir)
     written: dict[str, Path] = {}
     images: list[tuple[str, str]] = []
@@ -149,6 +165,8 @@ def write_reports(out_dir: Path, *, plots: bool = True) -> dict[str, Path]:
     table_md = "\n".join(["# Benchmark results", "", machine, "", *tables, ""])
     (out_dir / "table.md").write_text(table_md)
     written["table"] = out_dir / "table.md"
+    (out_dir / "summary.json").write_text(json.dumps(summary(rows), indent=1) + "\n")
+    written["summary"] = out_dir / "summary.json"
     prefix = "benchmarks/results/plots/" if out_dir.resolve() == RESULTS_DIR else "plots/"
     section = ["## Benchmarks", "", METHOD, "", "Machine:", "", machine, "", *tables, ""]
     for title, file in images:

@@ -22,7 +22,17 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--model", "-m", help="registered model name (see --list)")
     p.add_argument("--target", "-t", help="onnx, tflite, coreml or executorch")
     p.add_argument("--checkpoint", "-c", help="the authors' released checkpoint file, in its original layout")
-    p.add_argument("--precision", default="fp32", help="fp32 (default); see --list for each target's precisions")
+    p.add_argument("--precision", "-p", default="fp32",
+                   help="fp32 (default), fp16, int8-dynamic or int8; see --list for each target's precisions. "
+                        "Frames, states and logits stay float32 at the boundary in every precision")
+    p.add_argument("--calibration", metavar="DIR_OR_VIDEO",
+                   help="int8: a folder of images or a video with representative frames (default: motion7 or "
+                        "synthetic frames, with a warning)")
+    p.add_argument("--calibration-frames", type=int, metavar="N",
+                   help="int8: frames to step (stream form, default 128) or clips (clip form, default 8)")
+    p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
+                   help="a model option, repeatable: input_size=224, num_frames=8, pool_window=300 (MoViNet "
+                        "stream: cumulative pools become running means over the last N frames), num_classes=...")
     p.add_argument("--out", "-o", default="out", help="output folder (bundle goes to OUT/MODEL/TARGET/)")
     p.add_argument("--no-verify", action="store_true", help="skip the parity gate (recorded in the manifest)")
     p.add_argument("--stream", action="store_true",
@@ -36,7 +46,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _print_list() -> None:
     from stexport.models import entries
-    from stexport.targets import TARGETS
+    from stexport.targets import PRECISIONS, TARGETS
 
     rows = [("model", "input", "frames", "classes", "kind", "dataset")]
     for e in sorted(entries().values(), key=lambda e: e.name):
@@ -52,6 +62,28 @@ def _print_list() -> None:
         state = "installed" if t.installed() else f"missing: pip install 'stexport[{t.extra}]'"
         print(f"  {t.name:<11} {t.suffix:<10} precisions {','.join(t.precisions):<28} {state}")
         print(f"  {'':<11} {t.description}")
+    print("\nPrecisions (--precision; frames, states and logits stay float32 at the boundary):")
+    for name, what in PRECISIONS.items():
+        offered = ", ".join(t.name for t in TARGETS.values() if name in t.precisions)
+        print(f"  {name:<13} {what}")
+        print(f"  {'':<13} targets: {offered}")
+
+
+def _options(pairs: Sequence[str]) -> dict[str, object]:
+    """``["input_size=224", "pool_window=300"]`` -> ``{"input_size": 224, "pool_window": 300}`` (Python literals;
+    anything else stays a string)."""
+    import ast
+
+    out: dict[str, object] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"--set wants KEY=VALUE, got {pair!r}")
+        try:
+            out[key] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            out[key] = raw
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -69,14 +101,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print("stexport: error: --model and --target are required (or --list)", file=sys.stderr)
         return 2
-    from stexport.errors import MissingExtraError, StexportError
-    from stexport.models import CheckpointMismatchError, UnknownNameError, get_entry
-    from stexport.targets import get_target
+    from stexport.errors import MissingExtraError, StexportError, UnsupportedPrecisionError
+    from stexport.models import CheckpointMismatchError, UnknownNameError, check_options, get_entry
+    from stexport.targets import check_precision, get_target
 
     try:
-        get_target(args.target)
+        check_precision(get_target(args.target), args.precision)
         get_entry(args.model)
-    except UnknownNameError as e:
+        options = _options(args.options)
+        check_options(args.model, options)
+    except (UnknownNameError, UnsupportedPrecisionError, ValueError) as e:
         print(f"stexport: error: {e}", file=sys.stderr)
         return 2
     from stexport.pipeline import export
@@ -84,14 +118,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         path = export(args.model, target=args.target, out=args.out, precision=args.precision,
                       checkpoint=args.checkpoint, verify=not args.no_verify,
-                      form="stream" if args.stream else None, steps=args.steps, quiet=not args.verbose)
+                      form="stream" if args.stream else None, steps=args.steps, quiet=not args.verbose,
+                      calibration=args.calibration, calibration_frames=args.calibration_frames, options=options)
     except MissingExtraError as e:
         print(f"stexport: error: {e}", file=sys.stderr)
         return 3
     except (CheckpointMismatchError, FileNotFoundError, StexportError) as e:
         print(f"stexport: error: {e}", file=sys.stderr)
         print("stexport: no bundle was written", file=sys.stderr)
-        return 2 if isinstance(e, StexportError) and "not available for target" in str(e) else 1
+        return 2 if isinstance(e, UnsupportedPrecisionError) else 1
     print(f"Wrote {path}")
     for f in sorted(path.iterdir()):
         print(f"  {f.name}")

@@ -17,3 +17,7 @@ class MissingExtraError(StexportError):
 
 class ParityError(StexportError):
     """The exported artifact does not reproduce PyTorch within the gate's tolerance."""
+
+
+class UnsupportedPrecisionError(StexportError):
+    """The target does not offer the requested precision (the message lists the ones it does)."""

@@ -28,8 +28,8 @@ def package_version(dist: str) -> str | None:
 
 
 def tool_versions() -> dict[str, str | None]:
-    dists = ("stexport", "torch", "onnx", "onnxruntime", "onnxsim", "litert-torch", "ai-edge-litert", "coremltools",
-             "executorch", "numpy")
+    dists = ("stexport", "torch", "onnx", "onnxruntime", "onnxsim", "litert-torch", "ai-edge-litert",
+             "ai-edge-quantizer", "coremltools", "executorch", "torchao", "numpy")
     return {"python": platform.python_version(), **{d: package_version(d) for d in dists}}
 
 
@@ -69,7 +69,8 @@ def preprocessing(pre: Preprocess) -> dict[str, Any]:
 
 def build_manifest(*, model_info: dict[str, Any], pre: Preprocess, spec: IOSpec, target: str, artifact: str,
                    artifact_bytes: int, precision: str, converter: dict[str, Any], parity: dict[str, Any],
-                   labels: str, export_seconds: float) -> dict[str, Any]:
+                   labels: str, export_seconds: float, precision_details: dict[str, Any] | None = None
+                   ) -> dict[str, Any]:
     manifest: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "model": model_info,
@@ -77,6 +78,7 @@ def build_manifest(*, model_info: dict[str, Any], pre: Preprocess, spec: IOSpec,
         "target": target,
         "artifact": {"file": artifact, "bytes": artifact_bytes, "export_seconds": round(export_seconds, 2)},
         "precision": precision,
+        "precision_details": precision_details or {"name": precision},
         "preprocessing": preprocessing(pre),
         "labels": {"file": "labels.txt", "source": labels, "count": model_info["num_classes"]},
         "inputs": [t.to_json() for t in spec.inputs],

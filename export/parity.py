@@ -14,8 +14,29 @@ import torch
 
 from stexport.spec import GraphModule, IOSpec
 
-# max abs error on logits per precision (fp32: 1e-4 as the contract says; lower precisions: see issue 10 notes)
-LOGIT_TOL = {"fp32": 1e-4, "fp16": 5e-2, "int8-dynamic": 2e-1, "int8": 5e-1}
+# fp32: max abs error on logits, absolute, as the contract says.
+LOGIT_TOL = {"fp32": 1e-4}
+# Reduced precisions: a logit scale cannot be fixed across models (the fixtures' random-weight Kinetics heads give
+# logits of ~0.5, trained motion7 heads ~15), so the gate is scale-free: max abs error <= LOGIT_REL_TOL x the
+# largest |logit| of the PyTorch reference over the test steps, and logit SNR >= MIN_SNR_DB.
+# Measured (gate input, 16 synthetic frames or one clip) on movinet_a0_stream, tsm_mobilenetv2_online, squeezetime
+# and tsm_mobilenetv2 at the fixtures and on the two motion7 models, through onnx / tflite / executorch:
+#   fp16          relative error 2.2e-4 .. 9.7e-4, SNR 61.6 .. 72.2 dB
+#   int8-dynamic  relative error 0.011 .. 0.063,   SNR 23.1 .. 40.6 dB
+#   int8          relative error 0.012 .. 0.085,   SNR 22.0 .. 38.8 dB (128 calibration frames / 8 clips)
+# Thresholds: about 2.5-3x the worst relative error, and an SNR floor ~10 dB under the worst SNR.
+LOGIT_REL_TOL = {"fp16": 3e-3, "int8-dynamic": 0.15, "int8": 0.2}
+MIN_SNR_DB = {"fp16": 50.0, "int8-dynamic": 15.0, "int8": 12.0}
+
+
+def tolerance(precision: str, ref: np.ndarray) -> dict[str, float]:
+    """The gate's thresholds for ``precision`` on reference outputs ``ref``: ``logits_max_abs`` (absolute) and,
+    for reduced precisions, ``relative`` (to max |ref|) and ``logits_snr_db_min``."""
+    if precision == "fp32":
+        return {"logits_max_abs": LOGIT_TOL["fp32"]}
+    rel = LOGIT_REL_TOL[precision]
+    scale = float(np.max(np.abs(ref))) if ref.size else 0.0
+    return {"logits_max_abs": float(f"{rel * scale:.3g}"), "relative": rel, "logits_snr_db_min": MIN_SNR_DB[precision]}
 
 
 class Runner(Protocol):
@@ -78,23 +99,29 @@ def compare(spec: IOSpec, ref: Trace, got: Trace, *, precision: str) -> dict[str
              for r, g in zip(ref.outputs, got.outputs)]
     ref_l = np.concatenate([r["logits"] for r in ref.outputs])
     got_l = np.concatenate([g["logits"] for g in got.outputs])
-    tol = LOGIT_TOL[precision]
     gated = ["logits", *(t.name for t in spec.outputs if t.role == "extra")]  # e.g. per-segment logits
+    tols = {n: tolerance(precision, np.concatenate([r[n] for r in ref.outputs])) for n in gated}
+    tol = tols["logits"]["logits_max_abs"]
+    snr = _snr_db(ref_l, got_l)
+    snr_ok = snr >= tols["logits"].get("logits_snr_db_min", -np.inf)
     spread = float(np.max(np.abs(ref_l - ref_l[:1]))) if len(ref_l) > 1 else float(np.ptp(ref_l))
     report: dict[str, Any] = {
+        "precision": precision,
         "steps": len(ref.outputs),
-        "tolerance": {"logits_max_abs": tol},
+        "tolerance": tols["logits"],
         "max_abs_err": {k: float(f"{v:.3g}") for k, v in errors.items()},
         "logits_max_abs_err_per_step": [float(f"{e:.3g}") for e in per_step],
         "top1_agreement": sum(agree) / len(agree),
-        "logits_snr_db": _snr_db(ref_l, got_l),
+        "logits_snr_db": snr,
         "gated_outputs": gated,
-        "passed": all(errors[n] <= tol for n in gated),
+        "passed": bool(snr_ok and all(errors[n] <= tols[n]["logits_max_abs"] for n in gated)),
         # how much the reference logits move across steps (stream) or classes (one clip): the gate is only as
         # sharp as this is large
         "reference_logit_spread": float(f"{spread:.3g}"),
     }
-    if spread < 10 * tol:
+    if len(gated) > 1:
+        report["tolerance_per_output"] = {n: tols[n]["logits_max_abs"] for n in gated}
+    if spread < (10 if precision == "fp32" else 2) * tol:
         report["warning"] = (f"weak check: the PyTorch logits move by only {spread:.2g} across the test input "
                              "(e.g. untrained parameters); load a real checkpoint for a meaningful gate")
     return report

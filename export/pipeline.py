@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from importlib.resources import files
 from pathlib import Path
@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from stexport.bundle import staged_bundle
+from stexport.calibration import Calibration, build_calibration
 from stexport.errors import ParityError, StexportError
 from stexport.frames import preprocess, synthetic_frames
 from stexport.manifest import build_golden, build_manifest, model_facts
@@ -21,7 +22,7 @@ from stexport.models import ModelEntry, Preprocess, VideoModel, create_model, ge
 from stexport.parity import compare, feeds_for, run_loop, stream_vs_clip, torch_runner
 from stexport.quiet import captured_output
 from stexport.spec import Form, GraphModule, IOSpec, build_spec
-from stexport.targets import get_target
+from stexport.targets import CALIBRATED, PRECISIONS, check_precision, get_target
 
 Progress = Callable[[str], None]
 STAGES = ("build", "load", "export", "verify", "write")
@@ -55,27 +56,36 @@ def _default_preprocess(model: VideoModel) -> Preprocess:
 
 def export(model: str | torch.nn.Module, *, target: str, out: str | Path = "out", precision: str = "fp32",
            checkpoint: str | Path | None = None, verify: bool = True, form: Form | None = None,
-           steps: int = 16, threads: int = 1, progress: Progress | None = None, quiet: bool = True) -> Path:
-    """Export and verify; returns the bundle folder ``<out>/<model>/<target>/``. See `stexport.export`."""
+           steps: int = 16, threads: int = 1, progress: Progress | None = None, quiet: bool = True,
+           calibration: str | Path | None = None, calibration_frames: int | None = None,
+           options: Mapping[str, Any] | None = None) -> Path:
+    """Export and verify; returns the bundle folder ``<out>/<model>/<target>/``. See `stexport.export`.
+
+    ``calibration``: a folder of images or a video whose frames calibrate ``precision="int8"`` (default: motion7
+    or synthetic frames, with a warning); ``calibration_frames``: how many frames (stream) or clips (clip form).
+    ``options``: model options for `create_model` (``input_size``, ``pool_window``, ...) of a model given by name;
+    they are recorded in the manifest."""
     say = progress or stderr_progress
     tgt = get_target(target)
-    if precision not in tgt.precisions:
-        raise StexportError(f"precision {precision!r} is not available for target {target!r}; "
-                            f"choose one of {', '.join(tgt.precisions)}")
+    check_precision(tgt, precision)
+    if calibration is not None and precision not in CALIBRATED:
+        raise StexportError(f"--calibration is used by precision int8 only, not {precision!r}")
     impl = tgt.load()  # a missing extra fails here, before any work
 
     with _stage(say, "build", model if isinstance(model, str) else type(model).__name__):
         if isinstance(model, str):
             name = model
             entry: ModelEntry | None = get_entry(name)
-            module = create_model(name) if checkpoint is None else None
+            module = create_model(name, **(options or {})) if checkpoint is None else None
         else:
+            if options:
+                raise StexportError("options apply to a model given by name; set them on the module instead")
             name = str(getattr(model, "registry_name", type(model).__name__.lower()))
             entry = _entry_or_none(name)
             module = model.eval()
     with _stage(say, "load", str(checkpoint) if checkpoint else "no checkpoint: parameters as built"):
         if module is None:
-            module = create_model(name, checkpoint=checkpoint)
+            module = create_model(name, checkpoint=checkpoint, **(options or {}))
         elif checkpoint is not None:
             from stexport.models import load_checkpoint
 
@@ -98,10 +108,18 @@ def export(model: str | torch.nn.Module, *, target: str, out: str | Path = "out"
         artifact = staging / artifact_name
         with _stage(say, "export", f"{name} -> {target} ({precision}, {form} form)"):
             t0 = time.perf_counter()
+            cal = None
+            if precision in CALIBRATED:
+                cal = build_calibration(torch_runner(graph), spec, pre, source=calibration, entry=entry,
+                                        count=calibration_frames)
+                say(f"      calibration: {len(cal.samples)} sample(s) from {cal.source}")
+                if cal.warning:
+                    say(f"      warning: {cal.warning}")
             with captured_output(enabled=quiet):
                 converter = impl.convert(graph, spec, artifact, precision=precision,
-                                         metadata=artifact_metadata(name, spec, pre, entry))
+                                         metadata=artifact_metadata(name, spec, pre, entry), calibration=cal)
             export_seconds = time.perf_counter() - t0
+            details = _precision_details(impl, artifact, spec, precision, converter.pop("precision", {}), cal)
         h, w = vm.frame_size()
         t = int(vm.num_frames)
         # a ring buffer is checked past the point where it wraps (T frames and a few more)
@@ -121,10 +139,13 @@ def export(model: str | torch.nn.Module, *, target: str, out: str | Path = "out"
                 say("      " + _parity_line(parity))
         with _stage(say, "write", str(final)):
             info = model_facts(vm, entry, name=name, form=form)
+            if options:
+                info["options"] = dict(options)
             size = _size(artifact)
             manifest = build_manifest(model_info=info, pre=pre, spec=spec, target=target, artifact=artifact_name,
                                       artifact_bytes=size, precision=precision, converter=converter, parity=parity,
-                                      labels=label_source, export_seconds=export_seconds)
+                                      labels=label_source, export_seconds=export_seconds,
+                                      precision_details=details)
             (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
             golden = build_golden(frames_u8=frames_u8, spec=spec, trace=ref, labels=labels)
             (staging / "golden.json").write_text(json.dumps(golden) + "\n")
@@ -146,6 +167,23 @@ def artifact_metadata(name: str, spec: IOSpec, pre: Preprocess, entry: ModelEntr
                                               "mean": list(pre.mean), "std": list(pre.std)}),
         "description": entry.description if entry and entry.description else f"{name} ({spec.form} form)",
     }
+
+
+def _precision_details(impl: Any, artifact: Path, spec: IOSpec, precision: str, done: dict[str, Any],
+                       cal: Calibration | None) -> dict[str, Any]:
+    """What the precision means here, with the artifact's boundary dtypes read back and checked against the spec
+    (states, frames and logits are float32 in every precision)."""
+    want = {t.name: t.dtype for t in (*spec.inputs, *spec.outputs)}
+    got = impl.boundary_dtypes(artifact, spec)
+    wrong = {n: got.get(n) for n in want if got.get(n) != want[n]}
+    if wrong:
+        raise StexportError(f"the {precision} artifact changed boundary dtypes: {wrong} (the contract keeps "
+                            f"{sorted(set(want.values()))} at the boundary)")
+    details: dict[str, Any] = {"name": precision, "summary": PRECISIONS[precision], **done,
+                               "boundary_dtypes": "read back from the artifact; equal to inputs/outputs/states"}
+    if cal is not None:
+        details["calibration"] = cal.to_json()
+    return details
 
 
 def _entry_or_none(name: str) -> ModelEntry | None:
@@ -185,8 +223,10 @@ def _verify(impl: Any, target: str, artifact: Path, spec: Any, ref: Any, model: 
 def _parity_line(p: dict[str, Any]) -> str:
     if not p.get("executed", True):
         return f"not executed here ({p.get('reason')})"
-    s = f"logits max abs err {p['max_abs_err']['logits']:.2g} (tol {p['tolerance']['logits_max_abs']:g}) over " \
+    s = f"logits max abs err {p['max_abs_err']['logits']:.2g} (tol {p['tolerance']['logits_max_abs']:.2g}) over " \
         f"{p['steps']} step(s), top-1 agreement {p['top1_agreement']:.0%}"
+    if p.get("precision", "fp32") != "fp32":
+        s += f", logit SNR {p['logits_snr_db']:.1f} dB (min {p['tolerance']['logits_snr_db_min']:g})"
     if "pytorch_stream_vs_clip" in p:
         s += f"; PyTorch stream vs clip {p['pytorch_stream_vs_clip']['max_abs_err']:.2g}"
     if "warning" in p:

@@ -7,7 +7,9 @@ variants on import; the registry is filled by importing this package.
 from __future__ import annotations
 
 import importlib
+import inspect
 import pkgutil
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -21,11 +23,24 @@ for _info in pkgutil.iter_modules(__path__):
         importlib.import_module(f"{__name__}.{_info.name}")
 
 
+def check_options(name: str, options: Mapping[str, object]) -> None:
+    """Raise ValueError naming the options of model ``name`` if ``options`` has a key it does not take."""
+    params = inspect.signature(get_entry(name).build).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    known = [k for k, p in params.items() if p.kind is p.KEYWORD_ONLY]
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ValueError(f"model {name!r} has no option {', '.join(map(repr, unknown))}; its options: "
+                         f"{', '.join(known)}")
+
+
 def create_model(name: str, *, checkpoint: str | Path | None = None, num_classes: int | None = None,
                  **overrides: object) -> VideoModel:
     """Build registered model ``name`` in eval mode, optionally loading the authors' released ``checkpoint``."""
     entry = get_entry(name)
     kwargs = {**entry.defaults, **overrides, "num_classes": num_classes or entry.num_classes}
+    check_options(name, overrides)
     model = entry.build(**kwargs)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint, entry)
@@ -40,6 +55,6 @@ def create_model(name: str, *, checkpoint: str | Path | None = None, num_classes
 
 __all__ = [
     "CheckpointMismatchError", "ClipModel", "ModelEntry", "Preprocess", "State", "StreamModel", "UnknownNameError",
-    "VideoModel", "create_model", "entries", "get_entry", "load_checkpoint", "load_state_dict_strict", "pack_clip",
-    "register", "unpack_clip",
+    "VideoModel", "check_options", "create_model", "entries", "get_entry", "load_checkpoint", "load_state_dict_strict",
+    "pack_clip", "register", "unpack_clip",
 ]

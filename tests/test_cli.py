@@ -70,3 +70,21 @@ def test_checkpoint_mismatch_lists_keys_and_writes_nothing(tmp_path: Path) -> No
     assert "missing" in r.stderr and "unexpected" in r.stderr and "shape" in r.stderr
     assert "Traceback" not in r.stderr and "no bundle was written" in r.stderr
     assert not list((tmp_path / "out").rglob("manifest.json")) if (tmp_path / "out").exists() else True
+
+
+def test_model_options_reach_the_model_and_the_manifest(tmp_path: Path) -> None:
+    r = _run("--model", "movinet_a0_stream", "--target", "onnx", "--set", "input_size=64", "--set", "pool_window=30",
+             "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr[-2000:]
+    import json
+
+    manifest = json.loads((tmp_path / "movinet_a0_stream" / "onnx" / "manifest.json").read_text())
+    assert manifest["model"]["options"] == {"input_size": 64, "pool_window": 30}
+    assert manifest["model"]["pool_window"] == 30 and manifest["model"]["input_size"] == [64, 64]
+    assert manifest["inputs"][0]["shape"] == [1, 3, 64, 64] and manifest["parity"]["passed"]
+
+
+def test_unknown_model_option_exit_2_lists_the_options(tmp_path: Path) -> None:
+    r = _run("--model", "movinet_a0_stream", "--target", "onnx", "--set", "pool_windw=3", "--out", str(tmp_path))
+    assert r.returncode == 2 and "pool_window" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "movinet_a0_stream").exists()

@@ -1,5 +1,8 @@
 """Core ML: coremltools ML program (``.mlpackage``), state as ordinary inputs and outputs (runs on iOS 15+).
 
+``fp16``: float16 compute (``compute_precision``) except the state-update path
+(`stexport.calibration.state_path`), which stays float32; inputs and outputs stay float32.
+
 Core ML only executes on macOS/iOS: elsewhere the exporter checks the spec (names, shapes, dtypes, metadata)
 and `Runner` raises `RuntimeUnavailable`, which the parity gate records as "spec checked, not executed".
 """
@@ -13,34 +16,87 @@ from typing import Any
 import numpy as np
 import torch
 
+from stexport.calibration import Calibration, Node, state_path
 from stexport.spec import GraphModule, IOSpec
+
+WEIGHTED = frozenset({"conv", "conv_transpose", "linear", "matmul"})
 
 
 class RuntimeUnavailable(RuntimeError):
     pass
 
 
-def convert(graph: GraphModule, spec: IOSpec, path: Path, *, precision: str,
-            metadata: dict[str, str]) -> dict[str, Any]:
+def _fp16_selector(spec: IOSpec, kept: set[str]) -> Any:
+    """``op_selector`` for FP16ComputePrecision: every op except the state-update path's (named into ``kept``)."""
+    cache: dict[int, set[str]] = {}
+
+    def ops_of(block: Any) -> set[str]:
+        names = list(getattr(block, "inputs", {}) or {})
+        if not all(s.name in names for s in spec.states) or len(block.outputs) != len(spec.output_names):
+            return set()
+        by_out = dict(zip(spec.output_names, (v.name for v in block.outputs)))
+        nodes = []
+        for op in block.operations:
+            ins: list[str] = []
+            for v in op.inputs.values():
+                ins.extend(x.name for x in (v if isinstance(v, (list, tuple)) else [v]))
+            nodes.append(Node(op.name, op.op_type, ins, [v.name for v in op.outputs]))
+        return state_path(nodes, spec.state_names, [by_out[s.output] for s in spec.states],
+                          lambda t: t in WEIGHTED)
+
+    def select(op: Any) -> bool:
+        block = op.enclosing_block
+        if id(block) not in cache:
+            cache[id(block)] = ops_of(block)
+            kept.update(cache[id(block)])
+        return op.name not in cache[id(block)]
+
+    return select
+
+
+def convert(graph: GraphModule, spec: IOSpec, path: Path, *, precision: str, metadata: dict[str, str],
+            calibration: Calibration | None = None) -> dict[str, Any]:
     import coremltools as ct
 
+    if precision not in ("fp32", "fp16"):
+        raise ValueError(f"coreml has no precision {precision!r}")
     example = spec.example_inputs()
     args = tuple(example[n] for n in spec.input_names)
     with torch.no_grad():
         program = torch.export.export(graph, args, strict=False).run_decompositions({})
+    kept: set[str] = set()
+    compute = (ct.transform.FP16ComputePrecision(op_selector=_fp16_selector(spec, kept)) if precision == "fp16"
+               else ct.precision.FLOAT32)
     model = ct.convert(
         program,
         inputs=[ct.TensorType(name=t.name, shape=t.shape, dtype=np.float32) for t in spec.inputs],
         outputs=[ct.TensorType(name=n, dtype=np.float32) for n in spec.output_names],
         convert_to="mlprogram",
-        compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
+        compute_precision=compute,
         minimum_deployment_target=ct.target.iOS15,
     )
     model.user_defined_metadata.update(metadata)
     model.short_description = metadata.get("description", "")
     model.save(str(path))
     check_spec(path, spec)
-    return {"converter": "coremltools", "coremltools": ct.__version__, "minimum_deployment_target": "iOS15"}
+    facts: dict[str, Any] = {"converter": "coremltools", "coremltools": ct.__version__,
+                             "minimum_deployment_target": "iOS15"}
+    if precision == "fp16":
+        facts["precision"] = {"tool": f"coremltools {ct.__version__} FP16ComputePrecision", "weights": "float16",
+                              "compute": "float16 (state-update path and boundary float32)",
+                              "state_path_float32_ops": len(kept)}
+    return facts
+
+
+def boundary_dtypes(path: Path, spec: IOSpec) -> dict[str, str]:
+    """Feature dtypes of the saved package, by name."""
+    import coremltools as ct
+
+    desc = ct.models.MLModel(str(path), skip_model_load=True).get_spec().description
+    kinds = ct.proto.FeatureTypes_pb2.ArrayFeatureType
+    names = {kinds.FLOAT32: "float32", kinds.FLOAT16: "float16", kinds.DOUBLE: "float64", kinds.INT32: "int32"}
+    return {f.name: names.get(f.type.multiArrayType.dataType, str(f.type.multiArrayType.dataType))
+            for f in list(desc.input) + list(desc.output)}
 
 
 def check_spec(path: Path, spec: IOSpec) -> dict[str, Any]:

@@ -1,5 +1,6 @@
 """ExecuTorch: torch.export, lowered with the XNNPACK partitioner to a ``.pte``; method ``forward`` takes the inputs
-positionally in manifest order and returns the outputs in manifest order."""
+positionally in manifest order and returns the outputs in manifest order. int8: the XNNPACK quantizer
+(`stexport.targets._executorch_quant`)."""
 
 from __future__ import annotations
 
@@ -9,26 +10,56 @@ from typing import Any
 import numpy as np
 import torch
 
+from stexport.calibration import Calibration
+from stexport.errors import StexportError
 from stexport.manifest import package_version
 from stexport.spec import GraphModule, IOSpec
 
 
-def convert(graph: GraphModule, spec: IOSpec, path: Path, *, precision: str,
-            metadata: dict[str, str]) -> dict[str, Any]:
+def convert(graph: GraphModule, spec: IOSpec, path: Path, *, precision: str, metadata: dict[str, str],
+            calibration: Calibration | None = None) -> dict[str, Any]:
+    if any(isinstance(m, torch.nn.Conv3d) for m in graph.modules()):
+        raise StexportError("ExecuTorch has no 3D convolution (its XNNPACK delegate and portable kernels take 4D "
+                            "tensors), and this model uses Conv3d: export it to onnx, tflite or coreml, or export "
+                            "its 4D stream variant (movinet_aN_stream) to executorch")
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
     example = spec.example_inputs()
+    args = tuple(example[n] for n in spec.input_names)
+    details = None
+    if precision == "fp32":
+        with torch.no_grad():
+            program = torch.export.export(graph, args, strict=False)
+    else:
+        from stexport.targets._executorch_quant import quantize
+
+        program, details = quantize(graph, spec, args, precision, calibration)
     with torch.no_grad():
-        program = torch.export.export(graph, tuple(example[n] for n in spec.input_names), strict=False)
         lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
         et = lowered.to_executorch()
     path.write_bytes(et.buffer)
     delegated = sum(1 for n in lowered.exported_program().graph.nodes
                     if n.op == "call_function" and "executorch_call_delegate" in str(n.target))
-    return {"converter": "torch.export + executorch (XNNPACK)", "executorch": package_version("executorch"),
-            "method": "forward", "delegate_calls": delegated}
+    facts: dict[str, Any] = {"converter": "torch.export + executorch (XNNPACK)",
+                             "executorch": package_version("executorch"), "method": "forward",
+                             "delegate_calls": delegated}
+    if details is not None:
+        facts["precision"] = details
+    return facts
 
+
+_DTYPES = {6: "float32", 5: "float16", 7: "float64", 1: "int8", 0: "uint8", 3: "int32", 4: "int64"}
+
+
+def boundary_dtypes(path: Path, spec: IOSpec) -> dict[str, str]:
+    """Input and output dtypes of method ``forward`` (by position, named as in the spec)."""
+    from executorch.runtime import Runtime
+
+    meta = Runtime.get().load_program(str(path)).metadata("forward")
+    ins = [meta.input_tensor_meta(i).dtype() for i in range(meta.num_inputs())]
+    outs = [meta.output_tensor_meta(i).dtype() for i in range(meta.num_outputs())]
+    return {n: _DTYPES.get(int(d), str(d)) for n, d in [*zip(spec.input_names, ins), *zip(spec.output_names, outs)]}
 
 
 class Runner:

@@ -1,4 +1,5 @@
-"""ONNX: TorchScript exporter (opset 17; the dynamo exporter cannot down-convert from 18), onnxsim, onnxruntime."""
+"""ONNX: TorchScript exporter (opset 17; the dynamo exporter cannot down-convert from 18), onnxsim, onnxruntime.
+Reduced precisions: ONNX Runtime's float16 converter and quantizers (`stexport.targets._onnx_quant`)."""
 
 from __future__ import annotations
 
@@ -9,13 +10,14 @@ from typing import Any
 import numpy as np
 import torch
 
+from stexport.calibration import Calibration
 from stexport.spec import GraphModule, IOSpec
 
 OPSET = 17
 
 
-def convert(graph: GraphModule, spec: IOSpec, path: Path, *, precision: str,
-            metadata: dict[str, str]) -> dict[str, Any]:
+def convert(graph: GraphModule, spec: IOSpec, path: Path, *, precision: str, metadata: dict[str, str],
+            calibration: Calibration | None = None) -> dict[str, Any]:
     import onnx
     import onnxsim
 
@@ -34,11 +36,30 @@ def convert(graph: GraphModule, spec: IOSpec, path: Path, *, precision: str,
     if names_in != spec.input_names or names_out != spec.output_names:
         raise RuntimeError(f"ONNX graph names {names_in} -> {names_out} differ from the spec "
                            f"{spec.input_names} -> {spec.output_names}")
+    facts: dict[str, Any] = {"converter": "torch.onnx.export (TorchScript) + onnxsim", "opset": OPSET,
+                             "onnx": onnx.__version__, "onnxsim": onnxsim.__version__, "simplified": bool(ok)}
+    if precision != "fp32":
+        from stexport.targets._onnx_quant import convert_precision
+
+        model, facts["precision"] = convert_precision(model, spec, precision, calibration)
+    del model.metadata_props[:]
     for key, value in metadata.items():
         model.metadata_props.add(key=key, value=value)
     onnx.save(model, str(path))
-    return {"converter": "torch.onnx.export (TorchScript) + onnxsim", "opset": OPSET, "onnx": onnx.__version__,
-            "onnxsim": onnxsim.__version__, "simplified": bool(ok), "nodes": len(model.graph.node)}
+    facts["nodes"] = len(model.graph.node)
+    return facts
+
+
+_ONNX_DTYPES = {1: "float32", 10: "float16", 11: "float64", 3: "int8", 2: "uint8", 6: "int32", 7: "int64"}
+
+
+def boundary_dtypes(path: Path, spec: IOSpec) -> dict[str, str]:
+    """The graph's input and output element types, by name."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    return {v.name: _ONNX_DTYPES.get(v.type.tensor_type.elem_type, str(v.type.tensor_type.elem_type))
+            for v in list(graph.input) + list(graph.output)}
 
 
 class Runner:

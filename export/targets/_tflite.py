@@ -1,4 +1,5 @@
-"""TFLite / LiteRT: litert-torch converts; ai-edge-litert's Interpreter runs the ``serving_default`` signature."""
+"""TFLite / LiteRT: litert-torch converts; ai-edge-litert's Interpreter runs the ``serving_default`` signature.
+Reduced precisions: ai-edge-quantizer rewrites the float32 model (`stexport.targets._tflite_quant`)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,15 @@ from typing import Any
 
 import numpy as np
 
+from stexport.calibration import Calibration
 from stexport.manifest import package_version
 from stexport.spec import GraphModule, IOSpec
 
 SIGNATURE = "serving_default"
 
 
-def convert(graph: GraphModule, spec: IOSpec, path: Path, *, precision: str,
-            metadata: dict[str, str]) -> dict[str, Any]:
+def convert(graph: GraphModule, spec: IOSpec, path: Path, *, precision: str, metadata: dict[str, str],
+            calibration: Calibration | None = None) -> dict[str, Any]:
     import litert_torch
 
     graph.as_dict = True  # signature output names come from the dict keys
@@ -23,9 +25,20 @@ def convert(graph: GraphModule, spec: IOSpec, path: Path, *, precision: str,
     finally:
         graph.as_dict = False
     edge.export(str(path))
-    return {"converter": "litert-torch", "litert_torch": package_version("litert-torch") or "unknown",
-            "signature": SIGNATURE}
+    facts: dict[str, Any] = {"converter": "litert-torch", "litert_torch": package_version("litert-torch") or "unknown",
+                             "signature": SIGNATURE}
+    if precision != "fp32":
+        from stexport.targets._tflite_quant import quantize
 
+        facts["precision"] = quantize(path, spec, precision, calibration)
+    return facts
+
+
+def boundary_dtypes(path: Path, spec: IOSpec) -> dict[str, str]:
+    """The signature's input and output dtypes, by name."""
+    runner = interpreter_class()(model_path=str(path)).get_signature_runner(SIGNATURE)
+    details = {**runner.get_input_details(), **runner.get_output_details()}
+    return {name: np.dtype(d["dtype"]).name for name, d in details.items()}
 
 
 def interpreter_class() -> Any:

@@ -1,0 +1,238 @@
+"""Quantization support shared by the targets: calibration data and the state-update path kept in float32.
+
+Calibration (full ``int8``): ``--calibration DIR_OR_VIDEO`` is a folder of images (sorted by name, one frame each)
+or a video file; frames are decoded with ffmpeg (the imageio-ffmpeg wheel's binary, else ``ffmpeg`` on PATH),
+shorter side scaled (to the manifest's ``resize_shorter``, else to cover the input), centre-cropped to the model's
+size, then run through the manifest's preprocessing (`stexport.frames.preprocess`). Without it the export falls
+back, with a warning, to the motion7 training split (motion7 models) or to `synthetic_frames` (any other model).
+
+A stream model is calibrated the way an app runs it: the PyTorch reference steps through each sequence from zero
+state, carrying its state, and every step's inputs (frame and states) are one calibration sample, so the
+activations of the state path are observed. A clip model gets one sample per ``num_frames`` frames.
+
+The state-update path (`state_path`): the ops on a path from a state input to a state output that passes through
+no weighted op (convolution, matmul, fully connected) -- buffer concatenations and slices, running-mean updates,
+frame counters and the ``1/count`` rates derived from them. Quantized exports keep these ops in float32: an int8
+running mean or counter would drift or saturate over a long stream. Weighted compute is quantized as asked.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from stexport.errors import StexportError
+from stexport.frames import preprocess, synthetic_frames
+from stexport.models._registry import ModelEntry, Preprocess
+from stexport.spec import IOSpec
+
+IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff"})
+#: default calibration size: stream models, frames stepped; clip models, clips
+STREAM_FRAMES = 128
+CLIP_COUNT = 8
+#: motion7 fallback: clips of this many frames, each streamed from zero state (as the models were trained)
+MOTION7_FRAMES = 8
+
+
+class CalibrationError(StexportError):
+    """Calibration frames could not be read."""
+
+
+@dataclass
+class Calibration:
+    """Samples for calibrating a quantized export: feeds of the exported graph (input names -> float32 arrays),
+    states included, in stepping order."""
+
+    samples: list[dict[str, np.ndarray]]
+    source: str
+    frames: int
+    sequences: int
+    warning: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"source": self.source, "frames": self.frames, "sequences": self.sequences,
+                             "samples": len(self.samples), **self.extra}
+        if self.warning:
+            d["warning"] = self.warning
+        return d
+
+
+# ---- frames -------------------------------------------------------------------------------------------------------
+
+def ffmpeg_exe() -> str:
+    try:
+        import imageio_ffmpeg
+
+        return str(imageio_ffmpeg.get_ffmpeg_exe())
+    except (ImportError, RuntimeError):
+        exe = shutil.which("ffmpeg")
+        if exe is None:
+            raise CalibrationError("reading --calibration frames needs ffmpeg: pip install imageio-ffmpeg "
+                                   "(or install ffmpeg)") from None
+        return exe
+
+
+def _scale_filter(pre: Preprocess) -> str:
+    h, w = pre.size
+    if pre.resize_shorter:
+        s = pre.resize_shorter
+        scale = f"scale='if(gt(iw,ih),-2,{s})':'if(gt(iw,ih),{s},-2)':flags=bilinear"
+    else:
+        scale = f"scale={w}:{h}:force_original_aspect_ratio=increase:flags=bilinear"
+    return f"{scale},crop={w}:{h}"
+
+
+def _decode(path: Path, pre: Preprocess, count: int, *, stride: int = 1) -> np.ndarray:
+    """Up to ``count`` RGB uint8 frames ``[n, H, W, 3]`` of an image or video, every ``stride``-th frame."""
+    h, w = pre.size
+    vf = (f"select='not(mod(n\\,{stride}))'," if stride > 1 else "") + _scale_filter(pre)
+    cmd = [ffmpeg_exe(), "-v", "error", "-i", str(path), "-an", "-vf", vf, "-fps_mode", "passthrough",
+           "-frames:v", str(count), "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
+    p = subprocess.run(cmd, capture_output=True, timeout=600)
+    if p.returncode != 0:
+        raise CalibrationError(f"cannot read {path} with ffmpeg: {p.stderr.decode(errors='replace')[-400:]}")
+    n = len(p.stdout) // (h * w * 3)
+    return np.frombuffer(p.stdout, np.uint8)[: n * h * w * 3].reshape(n, h, w, 3).copy()
+
+
+def read_frames(source: str | Path, pre: Preprocess, *, count: int) -> np.ndarray:
+    """Up to ``count`` frames ``[n, H, W, 3]`` (RGB uint8, at the model's size) from a folder of images or a video
+    (the manifest's ``frame_stride`` applied)."""
+    path = Path(source)
+    if path.is_dir():
+        images = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        if not images:
+            raise CalibrationError(f"--calibration folder {path} holds no images "
+                                   f"({', '.join(sorted(IMAGE_SUFFIXES))})")
+        return np.concatenate([_decode(p, pre, 1) for p in images[:count]])
+    if not path.is_file():
+        raise CalibrationError(f"--calibration {path}: no such file or folder")
+    frames = _decode(path, pre, count, stride=max(1, pre.frame_stride))
+    if len(frames) == 0:
+        raise CalibrationError(f"--calibration {path}: no frames decoded")
+    return frames
+
+
+def _fallback(entry: ModelEntry | None, pre: Preprocess, *, streaming: bool, frames: int, count: int
+              ) -> tuple[list[np.ndarray], str, str]:
+    """(uint8 sequences, source description, warning) when no ``--calibration`` was given."""
+    h, w = pre.size
+    if entry is not None and entry.labels == "motion7.txt" and h == w:
+        from stexport import motion
+
+        n_frames = MOTION7_FRAMES if streaming else frames
+        n_clips = max(1, count // n_frames) if streaming else count
+        clips, _ = motion.motion_clips(range(n_clips), split="train", frames=n_frames, size=h)
+        src = f"motion7 train split, clips 0..{n_clips - 1} ({n_frames} frames each)"
+        return list(clips), src, (f"no --calibration given: calibrating int8 on the {src}; pass --calibration "
+                                  "DIR_OR_VIDEO with frames like the ones the app will see")
+    n = count if streaming else count * frames
+    src = f"{n} synthetic frames (stexport.frames.synthetic_frames)"
+    return [synthetic_frames(n, h, w, seed=1)], src, (
+        f"no --calibration given: calibrating int8 on {src}, not real video; the quantized model may lose "
+        "accuracy on camera frames -- pass --calibration DIR_OR_VIDEO with representative frames")
+
+
+def calibration_sequences(source: str | Path | None, entry: ModelEntry | None, pre: Preprocess, *, streaming: bool,
+                          frames: int, count: int | None = None) -> tuple[list[np.ndarray], str, str | None]:
+    """(uint8 frame sequences, source description, warning or None) for calibration. ``frames``: the clip length
+    of a clip-form export; ``count``: frames (stream) or clips (clip form) wanted."""
+    count = count or (STREAM_FRAMES if streaming else CLIP_COUNT)
+    if source is None:
+        return _fallback(entry, pre, streaming=streaming, frames=frames, count=count)
+    want = count if streaming else count * frames
+    got = read_frames(source, pre, count=want)
+    if not streaming and len(got) < frames:
+        raise CalibrationError(f"--calibration {source}: {len(got)} frame(s), a clip needs {frames}")
+    return [got], f"{source} ({len(got)} frames)", None
+
+
+def build_calibration(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], spec: IOSpec,
+                      pre: Preprocess, *, source: str | Path | None, entry: ModelEntry | None,
+                      count: int | None = None) -> Calibration:
+    """Calibration samples for ``spec``'s graph; ``run`` is the float reference (it produces the states fed to
+    the next step)."""
+    streaming = spec.form == "stream"
+    t = 1 if streaming else _clip_frames(spec)
+    seqs, desc, warning = calibration_sequences(source, entry, pre, streaming=streaming, frames=t, count=count)
+    samples: list[dict[str, np.ndarray]] = []
+    for seq in seqs:
+        x = preprocess(seq, pre)
+        if streaming:
+            state = {s.name: np.zeros(s.shape, np.float32) for s in spec.states}
+            for i in range(x.shape[0]):
+                feeds = {"frame": x[i:i + 1].contiguous().numpy(), **state}
+                samples.append(feeds)
+                out = run(feeds)
+                state = {s.name: np.asarray(out[s.output], np.float32) for s in spec.states}
+        else:
+            from stexport.models import pack_clip
+
+            for i in range(0, x.shape[0] - t + 1, t):
+                clip = x[i:i + t].transpose(0, 1).unsqueeze(0)
+                samples.append({"clip": pack_clip(clip, spec.inputs[0].layout).contiguous().numpy()})
+    n_frames = sum(len(s) for s in seqs)
+    return Calibration(samples, desc, n_frames, len(seqs), warning)
+
+
+def _clip_frames(spec: IOSpec) -> int:
+    shape, layout = spec.inputs[0].shape, spec.inputs[0].layout
+    return int(shape[2]) if layout == "NCTHW" else int(shape[1]) // 3
+
+
+# ---- the state-update path ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Node:
+    """One op of a graph in any format: name, op type, input and output tensor names."""
+
+    name: str
+    op: str
+    inputs: Sequence[str]
+    outputs: Sequence[str]
+
+
+def state_path(nodes: Iterable[Node], state_inputs: Iterable[str], state_outputs: Iterable[str],
+               weighted: Callable[[str], bool]) -> set[str]:
+    """Names of the nodes on a path from a state input tensor to a state output tensor that goes through no
+    weighted op (``weighted(op_type)``): the state-update arithmetic a quantized export keeps in float32."""
+    nodes = list(nodes)
+    consumers: dict[str, list[Node]] = {}
+    producer: dict[str, Node] = {}
+    for n in nodes:
+        for t in n.inputs:
+            consumers.setdefault(t, []).append(n)
+        for t in n.outputs:
+            producer[t] = n
+    forward: set[str] = set()
+    todo = list(state_inputs)
+    seen = set(todo)
+    while todo:
+        for n in consumers.get(todo.pop(), []):
+            if weighted(n.op) or n.name in forward:
+                continue
+            forward.add(n.name)
+            for t in n.outputs:
+                if t not in seen:
+                    seen.add(t)
+                    todo.append(t)
+    backward: set[str] = set()
+    todo = list(state_outputs)
+    seen = set(todo)
+    while todo:
+        n = producer.get(todo.pop())  # type: ignore[assignment]
+        if n is None or weighted(n.op) or n.name in backward:
+            continue
+        backward.add(n.name)
+        for t in n.inputs:
+            if t not in seen:
+                seen.add(t)
+                todo.append(t)
+    return forward & backward

@@ -1,0 +1,90 @@
+"""ExecuTorch int8 with the XNNPACK quantizer (PT2E: annotate, calibrate, convert), before lowering: int8 weights
+per output channel and int8 activations (histogram observers over the calibration samples); the program's inputs
+and outputs stay float32. The state-update path (`stexport.calibration.state_path`) is left out of the
+quantizer's annotation (float32).
+
+No ``int8-dynamic``: XNNPACK's dynamically quantized convolutions fail when the delegate runs
+(``xnn_status_invalid_parameter`` while propagating input shapes) on these graphs -- the RGB stem conv behind a
+permute or reshape, and TSM's 1x1 convs behind the shift's reshape -- in executorch 1.5.1.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from stexport.calibration import Calibration, Node, state_path
+from stexport.manifest import package_version
+from stexport.spec import IOSpec
+
+WEIGHTED = ("conv", "linear", "addmm", "matmul", ".mm", "bmm")
+
+
+def _state_nodes(gm: torch.fx.GraphModule, spec: IOSpec) -> set[str]:
+    nodes = [Node(n.name, str(n.target), [a.name for a in n.all_input_nodes], [n.name])
+             for n in gm.graph.nodes if n.op == "call_function"]
+    out_node = next(n for n in gm.graph.nodes if n.op == "output")
+    outs = out_node.args[0]
+    outs = list(outs) if isinstance(outs, (tuple, list)) else [outs]
+    by_output = {name: getattr(o, "name", None) for name, o in zip(spec.output_names, outs)}
+    sinks = [by_output[s.output] for s in spec.states if by_output.get(s.output)]
+    placeholders = {n.name for n in gm.graph.nodes if n.op == "placeholder"}
+    sources = [s.name for s in spec.states if s.name in placeholders]
+    if len(sources) != len(spec.states):  # placeholder names differ from the inputs': map by position
+        ph = [n.name for n in gm.graph.nodes if n.op == "placeholder"]
+        sources = [ph[spec.input_names.index(s.name)] for s in spec.states]
+    return state_path(nodes, sources, [s for s in sinks if s], lambda op: any(w in op for w in WEIGHTED))
+
+
+SHAPE_OPS = ("permute", "view", "reshape", "squeeze", "transpose", "clone", "expand", "slice", "contiguous")
+
+
+def _pad_feeders(gm: torch.fx.GraphModule) -> set[str]:
+    """Nodes whose output reaches a pad through shape-only ops. XNNPACK pads float32 tensors only, and a pad that
+    reads a dequantized tensor directly fails when the delegate is compiled (StaticConstantPad, invalid
+    parameter), so these nodes stay float32 and the pad reads a float32 tensor."""
+    out: set[str] = set()
+    for n in gm.graph.nodes:
+        if n.op == "call_function" and "pad" in str(n.target):
+            todo = list(n.all_input_nodes[:1])
+            while todo:
+                m = todo.pop()
+                if m.op != "call_function" or m.name in out:
+                    continue
+                out.add(m.name)
+                if any(s in str(m.target) for s in SHAPE_OPS):
+                    todo.extend(m.all_input_nodes[:1])
+    return out
+
+
+def quantize(graph: torch.nn.Module, spec: IOSpec, args: tuple[torch.Tensor, ...], precision: str,
+             calibration: Calibration | None) -> tuple[torch.export.ExportedProgram, dict[str, Any]]:
+    """The exported program of ``graph`` quantized in ``precision``, and the manifest's precision details."""
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    if precision != "int8":
+        raise ValueError(f"executorch has no precision {precision!r}")
+    gm = torch.export.export(graph, args, strict=False).module()
+    keep = _state_nodes(gm, spec) if spec.states else set()
+    pads = _pad_feeders(gm)
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    quantizer.set_filter_function(lambda n: n.name not in keep and n.name not in pads)
+    prepared = prepare_pt2e(gm, quantizer)
+    details: dict[str, Any] = {"tool": f"XNNPACKQuantizer (PT2E, torchao {package_version('torchao')})",
+                               "state_path_float32_ops": len(keep), "pad_input_float32_ops": len(pads),
+                               "weights": "int8 symmetric, per output channel",
+                               "activations": "int8 asymmetric per tensor, histogram observers over the calibration",
+                               "compute": "int8 (XNNPACK), float32 where the quantizer has no int8 pattern"}
+    if calibration is None:
+        raise ValueError("int8 needs calibration samples")
+    with torch.no_grad():
+        for s in calibration.samples:
+            prepared(*(torch.from_numpy(s[n]) for n in spec.input_names))
+    converted = convert_pt2e(prepared)
+    with torch.no_grad():
+        return torch.export.export(converted, args, strict=False), details

@@ -1,0 +1,128 @@
+"""TFLite precisions with ai-edge-quantizer, applied to the float32 ``.tflite`` that litert-torch wrote.
+
+* ``fp16``: float16 weights of convolutions and fully connected layers (FLOAT_CASTING, weight-only); LiteRT
+  dequantizes them to float32, so compute stays float32 and the file halves.
+* ``int8-dynamic``: int8 channelwise weights, activations quantized on the fly by the kernels (``dynamic_wi8_afp32``).
+* ``int8``: int8 channelwise weights and int8 activations from calibration (``static_wi8_ai8``); the graph's inputs
+  and outputs stay float32 (quantize / dequantize ops at the boundary).
+
+In every precision the state-update path (`stexport.calibration.state_path`) is left unquantized, and the signature's
+inputs and outputs stay float32.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from stexport.calibration import Calibration, Node, state_path
+from stexport.manifest import package_version
+from stexport.spec import IOSpec
+
+SIGNATURE = "serving_default"
+WEIGHTED = frozenset({"CONV_2D", "DEPTHWISE_CONV_2D", "CONV_3D", "FULLY_CONNECTED", "BATCH_MATMUL",
+                      "TRANSPOSE_CONV", "CONV_3D_TRANSPOSE"})
+
+
+def _name(tensor: Any) -> str:
+    n = tensor.name
+    return n.decode() if isinstance(n, bytes) else str(n)
+
+
+def _float_scopes(model: Any, spec: IOSpec) -> tuple[list[str], list[str]]:
+    """ai-edge-quantizer op scopes (``"<output tensor names>;"``) of (the state-update path's ops, the other ops
+    that write or read a graph output tensor that ops read too (a state output, TSM's per-segment logits). With the
+    graph outputs kept float32, ai-edge-quantizer gives such a reader a float32 input but an int8 output (a MEAN
+    over the segment logits computes garbage), and LiteRT's XNNPACK delegate leaves a graph output unwritten when a
+    QUANTIZE op reads it; a float32 reader avoids both."""
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+
+    sig = next(s for s in model.signatureDefs if (s.signatureKey.decode() if isinstance(s.signatureKey, bytes)
+                                                     else s.signatureKey) == SIGNATURE)
+    sg = model.subgraphs[sig.subgraphIndex]
+    by_name = {(t.name.decode() if isinstance(t.name, bytes) else t.name): t.tensorIndex
+               for t in list(sig.inputs) + list(sig.outputs)}
+    codes = model.operatorCodes
+
+    def op_type(op: Any) -> str:
+        name = fu.TFL_OP_CODE_TO_NAME.get(codes[op.opcodeIndex].builtinCode)
+        return str(getattr(name, "value", name))
+
+    nodes = [Node(str(i), op_type(op), [str(t) for t in op.inputs if t >= 0], [str(t) for t in op.outputs])
+             for i, op in enumerate(sg.operators)]
+    outs = [str(by_name[s.output]) for s in spec.states]
+    keep = state_path(nodes, [str(by_name[s.name]) for s in spec.states], outs, lambda op: op in WEIGHTED)
+    graph_outs = {str(by_name[n]) for n in spec.output_names}
+    read = {t for n in nodes for t in n.inputs if t in graph_outs}  # graph outputs that ops read too
+    readers = {n.name for n in nodes if set(n.inputs) & read or set(n.outputs) & read} - keep
+
+    def scopes(ids: set[str]) -> list[str]:
+        return [fu.get_op_scope(sg.operators[int(i)], sg.tensors) for i in sorted(ids, key=int)]
+
+    return scopes(keep), scopes(readers)
+
+
+def _global_min_max(qsv: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """Widen a tensor's range to cover every calibration sample (ai-edge-quantizer's default is a moving average
+    of per-sample ranges, weighted 0.95 to the past: the last ~20 samples decide, and a stream's early frames,
+    e.g. zero states, fall outside the range)."""
+    import numpy as np
+
+    if not qsv:
+        return new
+    return {**qsv, "min": np.minimum(qsv["min"], new["min"]), "max": np.maximum(qsv["max"], new["max"])}
+
+
+def _calibrate(float_model: bytes, recipe: Any, calibration: Calibration) -> dict[str, Any]:
+    from ai_edge_quantizer import calibrator, recipe_manager
+
+    manager = recipe_manager.RecipeManager()
+    manager.load_quantization_recipe(recipe)
+    calib = calibrator.Calibrator(float_model, num_threads=1, qsv_update_func=_global_min_max)
+    calib.calibrate({SIGNATURE: calibration.samples}, manager)
+    return dict(calib.get_model_qsvs())
+
+
+def quantize(path: Path, spec: IOSpec, precision: str, calibration: Calibration | None) -> dict[str, Any]:
+    """Rewrite the float32 model at ``path`` in ``precision``; returns the manifest's precision details."""
+    from ai_edge_quantizer import qtyping, quantizer, recipe
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+
+    all_ops = qtyping.TFLOperationName.ALL_SUPPORTED
+    q = quantizer.Quantizer(path.read_bytes())
+    details: dict[str, Any] = {"tool": f"ai-edge-quantizer {package_version('ai-edge-quantizer')}"}
+    if precision == "fp16":
+        q.add_weight_only_config(regex=".*", operation_name=all_ops, num_bits=16,
+                                 algorithm_key=AlgorithmName.FLOAT_CASTING)
+        details.update(weights="float16 (conv, fully connected), dequantized at load", compute="float32")
+    elif precision == "int8-dynamic":
+        q.load_quantization_recipe(recipe.dynamic_wi8_afp32())
+        details.update(weights="int8 symmetric, per output channel",
+                       compute="int8 x int8 with activations quantized per call (float32 elsewhere)")
+    elif precision == "int8":
+        q.load_quantization_recipe(recipe.static_wi8_ai8())
+        for io in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):  # float32 boundary
+            q.update_quantization_recipe(regex=".*", operation_name=io, algorithm_key=AlgorithmName.NO_QUANTIZE)
+        details.update(weights="int8 symmetric, per output channel",
+                       activations="int8 asymmetric per tensor, min/max from calibration", compute="int8")
+    else:
+        raise ValueError(f"tflite has no precision {precision!r}")
+    state_ops, readers = _float_scopes(fu.read_model(path.read_bytes()), spec)
+    scopes = state_ops + (readers if precision == "int8" else [])
+    if scopes:
+        q.update_quantization_recipe(regex="^(?:" + "|".join(re.escape(s) for s in scopes) + ")$",
+                                     operation_name=all_ops, algorithm_key=AlgorithmName.NO_QUANTIZE)
+    details["state_path_float32_ops"] = len(state_ops)
+    if precision == "int8":
+        details["output_reader_float32_ops"] = len(readers)
+    result = None
+    if q.need_calibration:
+        if calibration is None:
+            raise ValueError("int8 needs calibration samples")
+        result = _calibrate(path.read_bytes(), q.get_quantization_recipe(), calibration)
+        details["calibration_ranges"] = "global min/max over every sample"
+    quantized = q.quantize(result, enable_progress_bar=False, enable_progress_report=False)
+    path.write_bytes(bytes(quantized.quantized_model))
+    return details
