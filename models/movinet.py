@@ -175,16 +175,39 @@ class MoViNetStream(_Trunk, StreamModel):
         return self.classifier(p[..., None, None]).flatten(2).transpose(1, 2)
 
     # -- frame path --------------------------------------------------------------------------------------------------
-    def state_layout(self) -> list[tuple[str, tuple[int, ...]]]:
-        """``[(name, shape without batch), ...]`` in ``init_state`` order."""
+    def state_layout(self, frame_size: tuple[int, int] | None = None) -> list[tuple[str, tuple[int, ...]]]:
+        """``[(name, shape without batch), ...]`` in ``init_state`` order, for frames of ``frame_size`` (H, W;
+        default the model's input size)."""
+        sizes = self._sizes if frame_size is None else self._block_sizes(*frame_size)
         out: list[tuple[str, tuple[int, ...]]] = [("frame_count", (1,))]
-        for (name, blk), (h, w) in zip(self.bnecks(), self._sizes, strict=True):
+        for (name, blk), (h, w) in zip(self.bnecks(), sizes, strict=True):
             c, kt = blk.deep.conv_1.conv.out_channels, blk.deep.kernel[0]
             if blk.deep.conv_2 is not None:
                 out.append((f"{name}_deep_buf", ((kt - 1) * h, w, c)))
             out.append((f"{name}_se_mean", (c,)))
         out.append(("head_mean", (self.spec.head,)))
         return out
+
+    def _block_sizes(self, h: int, w: int) -> list[tuple[int, int]]:
+        """Each block's output size for ``h x w`` frames (TF-"same": ceil division by every stride)."""
+        h, w = same_out(h, 2), same_out(w, 2)
+        sizes = []
+        for _, b in self.spec.blocks():
+            h, w = same_out(h, b.stride), same_out(w, b.stride)
+            sizes.append((h, w))
+        return sizes
+
+    def _fit_state(self, frame: Tensor, state: State) -> State:
+        """Eager only: a zero state made for another frame size (a fresh ``init_state()``) is re-made for this
+        frame's size; a non-zero one cannot be, and raises."""
+        layout = self.state_layout((int(frame.shape[-2]), int(frame.shape[-1])))
+        if all(tuple(state[k].shape[1:]) == shape for k, shape in layout if k in state):
+            return state
+        if any(bool(v.any()) for v in state.values()):
+            raise ValueError(f"the state was made for other frames than {list(frame.shape[-2:])}: start a new "
+                             "stream with init_state() (or keep the frame size of the stream)")
+        n, ref = frame.shape[0], state["frame_count"]
+        return {k: ref.new_zeros(n, *shape) for k, shape in layout}
 
     def state_layouts(self) -> dict[str, str]:
         """Axis meaning of each state for the manifest: deep buffers are channels-last, frames stacked on H."""
@@ -234,6 +257,7 @@ class MoViNetStream(_Trunk, StreamModel):
                 self.refold()
             if self.conv1.conv_1.conv.weight.dtype == torch.float32:
                 self.check_frame(frame)
+            state = self._fit_state(frame, state)
         count = state["frame_count"] + 1.0
         if self.pool_window is not None:
             count = count.clamp(max=float(self.pool_window))

@@ -407,3 +407,16 @@ def test_ensemble_members_differ(one_thread):
         assert (model.clip_logits(clip) - stepped).abs().max() < 1e-5
     assert (stepped[:, 0] - la[:, 0]).abs().max() < 1e-5
     assert (stepped[:, 1:] - 0.5 * (la[:, 1:] + lb[:, :-1])).abs().max() < 1e-5
+
+
+def test_fresh_state_follows_the_frame_size(one_thread):
+    """A zero state made by init_state() for the model's input size is re-made for the frames actually streamed;
+    a carried (non-zero) state of another size raises instead of computing garbage."""
+    model = fill_model(M.create_model("movinet_a0_stream", input_size=64))
+    clip = torch.rand(1, 3, 3, 48, 48, generator=torch.Generator().manual_seed(5))
+    stepped = stream_logits(model, clip)
+    with torch.no_grad():
+        assert (stepped[0, -1] - model(clip)[0]).abs().max() < 1e-5
+        _, state = model.step(clip[:, :, 0], model.init_state())
+        with pytest.raises(ValueError, match="init_state"):
+            model.step(torch.rand(1, 3, 64, 64), state)
