@@ -1,7 +1,7 @@
 """Precision study on the trained motion7 models: what fp16 / int8 cost in accuracy, fidelity, size and speed.
 
     python -m stexport.benchmarks.precision                  # both motion7 models, every target x precision x form
-    python -m stexport.benchmarks.precision --drift 10000    # the long-stream drift of fp16 TFLite only
+    python -m stexport.benchmarks.precision --drift 10000    # only the long-stream drift of the fp16 artifacts
 
 For each model x target x precision x form -- ``stream``: the stream artifact stepped frame by frame from zero
 state; ``clip``: the clip-form artifact on the whole clip -- the model is exported with the parity gate on
@@ -10,10 +10,10 @@ motion7 test split: top-1 accuracy (last frame), top-1 agreement with PyTorch fp
 and max abs logit error vs PyTorch fp32; the artifact's size; the median time of one call at 1 thread (stream:
 one frame; clip: one 8-frame clip). Core ML runs only on macOS: elsewhere its rows hold the size only.
 
-``--drift N``: the fp16 (and fp32) TFLite stream artifacts and PyTorch float32 step through N frames (motion7 test
-clips back to back, state carried throughout), compared per frame with PyTorch in float64.
+``--drift N``: the fp16 ONNX and TFLite (and fp32 TFLite) stream artifacts and PyTorch float32 step through N
+frames (motion7 test clips back to back, state carried throughout), compared per frame with PyTorch in float64.
 
-Writes ``<out>/rows.jsonl`` (one JSON row per export), ``<out>/drift.json`` and ``<out>/table.md``.
+Writes ``<out>/rows.jsonl`` (one JSON row per export), ``<out>/table.md``, ``<out>/drift.json`` and ``<out>/drift.md``.
 """
 
 from __future__ import annotations
@@ -128,8 +128,13 @@ def measure(name: str, target: str, precision: str, form: str, data: tuple[np.nd
     return row
 
 
+# ONNX Runtime fp16 computes in float16 (its state-update path float32); LiteRT fp16 keeps float16 weights and
+# computes in float32 on this CPU (XNNPACK's float16 arithmetic is an ARM feature).
+DRIFT_RUNTIMES = (("onnx", "fp16"), ("tflite", "fp16"), ("tflite", "fp32"))
+
+
 def drift(name: str, frames: int, workdir: Path) -> dict[str, Any]:
-    """fp16 and fp32 TFLite streams and PyTorch float32 vs PyTorch float64 over ``frames`` frames."""
+    """The DRIFT_RUNTIMES streams and PyTorch float32 vs PyTorch float64 over ``frames`` frames."""
     import stexport
     from stexport import motion
     from stexport.frames import preprocess
@@ -143,10 +148,9 @@ def drift(name: str, frames: int, workdir: Path) -> dict[str, Any]:
     clips, _ = motion.motion_clips(range(n_clips), split="test", size=entry.input_size)
     video = clips.reshape(-1, *clips.shape[2:])[:frames]
     runners = {}
-    for p in ("fp16", "fp32"):
-        bundle = stexport.export(name, target="tflite", precision=p, out=workdir / f"drift-{p}",
-                                 progress=lambda s: None)
-        runners[f"tflite {p}"] = load_bundle_runner(bundle, threads=1)[0]
+    for t, p in DRIFT_RUNTIMES:
+        bundle = stexport.export(name, target=t, precision=p, out=workdir / f"drift-{t}-{p}", progress=lambda s: None)
+        runners[f"{t} {p}"] = load_bundle_runner(bundle, threads=1)[0]
     spec = runners["tflite fp16"].spec
     states = {k: {s.name: np.zeros(s.shape, np.float32) for s in spec.states} for k in runners}
     s32 = model32.init_state(1)
@@ -212,12 +216,13 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def drift_table(results: Sequence[dict[str, Any]]) -> str:
-    lines = ["| model | runtime | max abs err at last frame | max over stream | top-1 agreement with float64 |",
-             "|---|---|---|---|---|"]
+    lines = ["| model | runtime | max abs err: first 100 frames | last 100 frames | last frame | whole stream | "
+             "top-1 agreement with float64 |", "|---|---|---|---|---|---|---|"]
     for d in results:
-        for k in ("tflite fp16", "tflite fp32", "pytorch float32"):
+        for k in (*(f"{t} {p}" for t, p in DRIFT_RUNTIMES), "pytorch float32"):
             v = d[k]
             lines.append(f"| {d['model'].replace('_motion7', '')} ({d['frames']} frames) | {k} | "
+                         f"{v['max_abs_err_first_100']:.3g} | {v['max_abs_err_last_100']:.3g} | "
                          f"{v['max_abs_err_at_last_frame']:.3g} | {v['max_abs_err_over_stream']:.3g} | "
                          f"{v['top1_agreement_over_stream']:.2%} |")
     return "\n".join(lines) + "\n"
@@ -244,6 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.drift:
             results = [drift(m, args.drift, Path(tmp)) for m in models]
             (args.out / "drift.json").write_text(json.dumps(results, indent=2) + "\n")
+            (args.out / "drift.md").write_text(drift_table(results))
             print(drift_table(results))
             return 0
         data = eval_clips(clips=args.clips)

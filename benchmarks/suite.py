@@ -19,6 +19,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,7 @@ from stexport.frames import preprocess, synthetic_frames
 from stexport.models import ModelEntry, Preprocess, VideoModel, create_model, get_entry, pack_clip
 from stexport.parity import torch_runner
 from stexport.spec import GraphModule, IOSpec, build_spec
+from stexport.streaming import CopyStepper, stepper
 from stexport.targets import TARGETS, get_target
 
 SCHEMA_VERSION = 1
@@ -260,7 +262,7 @@ def run_bench(model: str | torch.nn.Module, *, targets: Sequence[str] | None = N
             torch.set_num_threads(n)
             bar.set_description(f"{name} t{n}: matmul peak")
             peak_before = matmul_peak(threads=n, size=matmul_size)
-            contenders = [Contender(REFERENCE, torch_runner(graph))]
+            contenders = [Contender(REFERENCE, partial(CopyStepper, torch_runner(graph), spec))]
             runnable: dict[str, _Export] = {}
             idle: list[dict[str, Any]] = []  # exports that do not run here: rows after the measured ones
             for ex in exports:
@@ -279,10 +281,10 @@ def run_bench(model: str | torch.nn.Module, *, targets: Sequence[str] | None = N
                                  "runtime": _runtime_facts(ex, None, model_info, peak_before, None, None, None)})
                     bar.update(warm + steps + probe + (1 if measure_memory else 0))
                     continue
-                contenders.append(Contender(ex.key, runner.run))
+                contenders.append(Contender(ex.key, partial(stepper, runner)))
                 runnable[ex.key] = ex
             bar.set_description(f"{name} t{n}: latency ({len(contenders)} runtimes interleaved)")
-            interleaved(contenders, spec, feeds_at, steps=steps, warmup=warm, chunk=chunk, reference=REFERENCE,
+            interleaved(contenders, feeds_at, steps=steps, warmup=warm, chunk=chunk, reference=REFERENCE,
                         probe=probe, tick=bar.update)
             ref = contenders[0]
             peak = merge_peaks(peak_before, matmul_peak(threads=n, size=matmul_size))
@@ -336,7 +338,7 @@ def _runtime_facts(ex: _Export | None, c: Contender | None, model_info: dict[str
     latency = None
     if c is not None and c.times_ms:
         latency = {"unit": unit, "warmup_steps": warmup, "steps": len(c.times_ms), "rounds": len(c.round_medians_ms),
-                   **summarize(c.times_ms)}
+                   "state_loop": c.loop, **summarize(c.times_ms)}
     if ex is None:
         name = f"torch {torch.__version__} eager"
         export = None

@@ -15,9 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from stexport.spec import IOSpec
+from stexport.streaming import Stepper
 
-RunFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
 Feeds = Callable[[int], dict[str, np.ndarray]]
 
 
@@ -34,33 +33,28 @@ def summarize(ms: Sequence[float]) -> dict[str, float]:
 
 @dataclass
 class Contender:
-    """One runtime under comparison: its ``run(feeds) -> outputs`` and what it measured."""
+    """One runtime under comparison: ``new_stepper()`` starts a stream at zero state (`stexport.streaming`: the
+    runtime's own state loop; one clip per step in clip form), and what it measured."""
 
     name: str
-    run: RunFn
+    new_stepper: Callable[[], Stepper]
     times_ms: list[float] = field(default_factory=list)
     round_medians_ms: list[float] = field(default_factory=list)
     max_err_vs_ref: float = 0.0
     compared_steps: int = 0
     error: str | None = None
+    loop: str = ""  # the stepper's class: how the state travels between steps (see `stexport.streaming`)
     late_ms: list[float] = field(default_factory=list)  # steps of the last `probe` frames of the video
     probe_ms: list[float] = field(default_factory=list)  # fresh-state steps (frames 0, 1, ...) run beside them
 
 
-def _zero_state(spec: IOSpec) -> dict[str, np.ndarray]:
-    return {s.name: np.zeros(s.shape, np.float32) for s in spec.states}
-
-
-def _step(c: Contender, spec: IOSpec, feeds: dict[str, np.ndarray], state: dict[str, np.ndarray]
-          ) -> tuple[float, np.ndarray, dict[str, np.ndarray]]:
+def _step(stepper: Stepper, feeds: dict[str, np.ndarray]) -> tuple[float, np.ndarray]:
     t0 = time.perf_counter()
-    out = c.run({**feeds, **state})
-    dt = (time.perf_counter() - t0) * 1e3
-    new = {s.name: np.asarray(out[s.output], np.float32) for s in spec.states}
-    return dt, np.asarray(out["logits"], np.float32), new
+    logits = stepper.step(feeds)
+    return (time.perf_counter() - t0) * 1e3, logits
 
 
-def interleaved(contenders: Sequence[Contender], spec: IOSpec, feeds_at: Feeds, *, steps: int, warmup: int,
+def interleaved(contenders: Sequence[Contender], feeds_at: Feeds, *, steps: int, warmup: int,
                 chunk: int, reference: str | None = "pytorch", probe: int = 0,
                 tick: Callable[[int], None] | None = None) -> None:
     """Step every contender over inputs ``feeds_at(0..steps-1)`` in rounds of ``chunk`` steps each.
@@ -77,12 +71,13 @@ def interleaved(contenders: Sequence[Contender], spec: IOSpec, feeds_at: Feeds, 
     tick = tick or (lambda n: None)
     live = list(contenders)
     for c in live:
-        state = _zero_state(spec)
+        scratch = c.new_stepper()
+        c.loop = type(scratch).__name__
         for i in range(warmup):
-            _, _, state = _step(c, spec, feeds_at(i), state)
+            _step(scratch, feeds_at(i))
         tick(warmup)
-    states = {c.name: _zero_state(spec) for c in live}
-    probe_states = {c.name: _zero_state(spec) for c in live}
+    streams = {c.name: c.new_stepper() for c in live}
+    probes = {c.name: c.new_stepper() for c in live}
     probe_from = steps - probe if probe > 0 else steps
     ref = next((c for c in live if c.name == reference), None)
     gc_was_enabled = gc.isenabled()
@@ -99,7 +94,7 @@ def interleaved(contenders: Sequence[Contender], spec: IOSpec, feeds_at: Feeds, 
                 got, times = [], []
                 try:
                     for i in range(start, stop):
-                        dt, lg, states[c.name] = _step(c, spec, feeds_at(i), states[c.name])
+                        dt, lg = _step(streams[c.name], feeds_at(i))
                         times.append(dt)
                         got.append(lg)
                 except Exception as e:  # a runtime that fails mid-run is reported, the others go on
@@ -115,8 +110,7 @@ def interleaved(contenders: Sequence[Contender], spec: IOSpec, feeds_at: Feeds, 
                     c.late_ms.extend(late)
                     try:
                         for _ in late:
-                            dt, _, probe_states[c.name] = _step(c, spec, feeds_at(len(c.probe_ms)),
-                                                                probe_states[c.name])
+                            dt, _ = _step(probes[c.name], feeds_at(len(c.probe_ms)))
                             c.probe_ms.append(dt)
                     except Exception as e:
                         c.error = f"{type(e).__name__}: {e}"

@@ -83,11 +83,12 @@ class VideoModel(nn.Module):
         return (self.input_size, self.input_size)
 
     def check_frame(self, frame: Tensor) -> None:
-        """Raise a clear error for a frame that is not float32 ``[N, 3, H, W]``."""
+        """Raise a clear error for a frame that is not ``[N, 3, H, W]`` of the model's dtype (float32 as built)."""
         if frame.dim() != 4 or frame.shape[1] != 3:
             raise ValueError(f"expected a frame [N, 3, H, W] (RGB, NCHW), got shape {list(frame.shape)}")
-        if frame.dtype != torch.float32:
-            raise TypeError(f"expected a float32 frame, got {frame.dtype}; convert with frame.float() "
+        want = next(self.parameters()).dtype
+        if frame.dtype != want:
+            raise TypeError(f"expected a {want} frame, got {frame.dtype}; convert with frame.to({want}) "
                             "after the preprocessing in the manifest")
 
 

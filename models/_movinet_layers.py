@@ -5,12 +5,13 @@ Each block has two paths over the same weights:
 * ``forward`` (clip, ``[N, C, T, H, W]``): the reference, written like the port. ``conv_type="3d"`` uses Conv3d with
   symmetric temporal zero padding (base models); ``"2plus1d"`` runs the spatial Conv2d per frame and, for temporal
   kernels ``kt > 1``, a depthwise ``(kt, 1)`` Conv2d over ``[N, C, T, H*W]`` with causal (front) zero padding.
-* ``step`` (one frame, 4D only; stream models): channels-last ``[N, H, W, C]`` tensors throughout, the layout of
-  XNNPACK, LiteRT and the mobile GPU delegates, so an exported step graph carries no layout transposes. Eval-mode
-  BatchNorm, the ReZero ``alpha`` and the hard-sigmoid affine are folded into the weights (non-persistent
-  ``fused_*`` buffers, rebuilt by ``MoViNetStream.refold``). A causal temporal conv keeps its last ``kt - 1`` input
-  frames stacked along the height axis, ``buf [N, (kt-1)*H, W, C]`` (oldest first), and runs as one depthwise
-  ``(kt, 1)`` conv with dilation ``(H, 1)`` over ``cat([buf, x], dim=1)``: 4 ops, no reshapes.
+* ``step`` (``F`` consecutive frames of each stream, default one; 4D only; stream models): channels-last
+  ``[N*F, H, W, C]`` tensors (frame-major) throughout, the layout of XNNPACK, LiteRT and the mobile GPU delegates,
+  so an exported step graph carries no layout transposes. Eval-mode BatchNorm, the ReZero ``alpha`` and the
+  hard-sigmoid affine are folded into the weights (non-persistent ``fused_*`` buffers, rebuilt by
+  ``MoViNetStream.refold``). A causal temporal conv keeps its last ``kt - 1`` input frames stacked along the height
+  axis, ``buf [N, (kt-1)*H, W, C]`` (oldest first), and runs as one depthwise ``(kt, 1)`` conv with dilation
+  ``(H, 1)`` over ``cat([buf, x], dim=1)`` (the F new frames stacked the same way): 4 ops, no reshapes for F=1.
 
 All spatial padding is TensorFlow "SAME" (``tf_like=True`` in the port, the only mode of the released weights),
 computed from static shapes and applied with ``F.pad`` (or the conv's own padding when symmetric).
@@ -78,6 +79,28 @@ def make_divisible(value: float, divisor: int = 8) -> int:
     """Round ``value`` to a multiple of ``divisor`` (at least ``divisor``), never more than 10% below ``value``."""
     out = max(divisor, int(value + divisor / 2) // divisor * divisor)
     return out + divisor if out < 0.9 * value else out
+
+
+def running_mean(s: Tensor, mean: Tensor, r: Tensor, *, frames: int = 1, saturating: bool = False
+                 ) -> tuple[Tensor, Tensor]:
+    """The cumulative pool of ``step``: ``s [N*F, C]`` per-frame values of F consecutive frames (frame-major),
+    ``mean [N, C]`` over the frames before, ``r [N*F, 1]`` = 1 / count at each frame -> (the mean at each frame
+    ``[N*F, C]``, the mean after the last frame ``[N, C]``). Each frame: ``m += (s - m) * r``. For F > 1 and a
+    count that only grows, that is one cumsum; a count ``saturating`` at a window runs the recurrence per frame."""
+    if frames == 1:
+        m = mean + (s - mean) * r  # (not torch.lerp: exporters expand it into ~8 ops)
+        return m, m
+    c = s.shape[1]
+    s3, r3 = s.reshape(-1, frames, c), r.reshape(-1, frames, 1)
+    if saturating:
+        out, m = [], mean
+        for f in range(frames):
+            m = m + (s3[:, f] - m) * r3[:, f]
+            out.append(m)
+        m3 = torch.stack(out, 1)
+    else:
+        m3 = mean[:, None] + torch.cumsum(s3 - mean[:, None], 1) * r3
+    return m3.reshape(-1, c), m3[:, -1]
 
 
 def cumulative_mean(x: Tensor, *, window: int | None = None) -> Tensor:
@@ -206,10 +229,10 @@ class ConvBlock(nn.Module):
             self.fused_w2, self.fused_b2 = (w2 * scale).to(dtype), (b2 * scale + shift).to(dtype)
         self.fused_w1, self.fused_b1 = w1.to(dtype), b1.to(dtype)
 
-    def step(self, x: Tensor, buf: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
-        """``x [N, H, W, Cin]`` (one frame, channels-last) -> ``([N, H', W', Cout], new buf)``; ``buf
-        [N, (kt-1)*H', W', Cout]`` holds the previous ``kt - 1`` outputs of ``conv_1`` (oldest first), or is None
-        when ``kt == 1``."""
+    def step(self, x: Tensor, buf: Tensor | None = None, *, frames: int = 1) -> tuple[Tensor, Tensor | None]:
+        """``x [N*F, H, W, Cin]`` (F consecutive frames of each stream, frame-major, channels-last) ->
+        ``([N*F, H', W', Cout], new buf)``; ``buf [N, (kt-1)*H', W', Cout]`` holds the previous ``kt - 1`` outputs
+        of ``conv_1`` (oldest first), or is None when ``kt == 1``."""
         pads = self._pads(int(x.shape[1]), int(x.shape[2]))
         pl, pr, pt, pb = pads
         pad = (pt, pl)
@@ -220,10 +243,12 @@ class ConvBlock(nn.Module):
         if self.conv_2 is None:
             return y, None
         assert buf is not None
-        h = int(y.shape[1])
+        _, h, w, c = (int(d) for d in y.shape)
+        if frames > 1:
+            y = y.reshape(-1, frames * h, w, c)
         z = torch.cat([buf, y], 1)
-        out = conv_nhwc(z, self.fused_w2, self.fused_b2, dilation=(h, 1), groups=self.groups)
-        return activation(out, self.act), z[:, h:]
+        out = activation(conv_nhwc(z, self.fused_w2, self.fused_b2, dilation=(h, 1), groups=self.groups), self.act)
+        return (out if frames == 1 else out.reshape(-1, h, w, c)), z[:, frames * h:]
 
 
 class TfAvgPool(nn.Module):
@@ -323,15 +348,15 @@ class SqueezeExcite(nn.Module):
         self.fused_w1, self.fused_b1 = w1.flatten(1).to(dtype), b1.to(dtype)
         self.fused_w2, self.fused_b2 = w2.flatten(1).to(dtype), b2.to(dtype)
 
-    def step(self, x: Tensor, mean: Tensor, r: Tensor) -> tuple[Tensor, Tensor]:
-        """``x [N, H, W, C]``, running mean ``[N, C]`` of past frames' spatial means, ``r = 1 / count [N, 1]``
-        -> (``x * gate / out_scale``, updated mean ``mean + r * (s - mean)``)."""
+    def step(self, x: Tensor, mean: Tensor, r: Tensor, *, frames: int = 1) -> tuple[Tensor, Tensor]:
+        """``x [N*F, H, W, C]`` (F frames, see `ConvBlock.step`), running mean ``[N, C]`` of past frames' spatial
+        means, ``r = 1 / count [N*F, 1]`` -> (``x * gate / out_scale``, updated mean; see `running_mean`)."""
         s = spatial_mean(x)
-        m = mean + (s - mean) * r  # (not torch.lerp: exporters expand it into ~8 ops)
+        m, last = running_mean(s, mean, r, frames=frames, saturating=self.pool_window is not None)
         g = activation(F.linear(torch.cat([m, s], 1), self.fused_w1, self.fused_b1), self.act)
         g = F.linear(g, self.fused_w2, self.fused_b2)
         g = F.relu6(g) if self.gate == "hardsigmoid" else torch.sigmoid(g)
-        return x * g.reshape(g.shape[0], 1, 1, g.shape[1]), m
+        return x * g.reshape(g.shape[0], 1, 1, g.shape[1]), last
 
 
 class Bneck(nn.Module):
@@ -371,9 +396,9 @@ class Bneck(nn.Module):
         self.se.refold()
         self.project.refold(scale=self.alpha.detach().double(), in_scale=self.se.out_scale)
 
-    def step(self, x: Tensor, buf: Tensor | None, mean: Tensor, r: Tensor
+    def step(self, x: Tensor, buf: Tensor | None, mean: Tensor, r: Tensor, *, frames: int = 1
              ) -> tuple[Tensor, Tensor | None, Tensor]:
-        """One frame ``[N, H, W, Cin]`` -> (``[N, H', W', Cout]``, new deep buffer, new SE mean)."""
+        """F frames ``[N*F, H, W, Cin]`` -> (``[N*F, H', W', Cout]``, new deep buffer, new SE mean)."""
         res = x
         for layer in self.res or ():
             if isinstance(layer, TfAvgPool):
@@ -381,6 +406,6 @@ class Bneck(nn.Module):
             elif isinstance(layer, ConvBlock):
                 res = layer.step(res)[0]
         h = x if self.expand is None else self.expand.step(x)[0]
-        h, buf = self.deep.step(h, buf)
-        h, mean = self.se.step(h, mean, r)
+        h, buf = self.deep.step(h, buf, frames=frames)
+        h, mean = self.se.step(h, mean, r, frames=frames)
         return res + self.project.step(h)[0], buf, mean

@@ -53,7 +53,17 @@ from torch import Tensor, nn
 
 from ._base import ClipModel, State, StreamModel, unpack_clip
 from ._movinet_config import SPECS, MoViNetSpec, same_out
-from ._movinet_layers import Act, Bneck, ConvBlock, ConvType, activation, cumulative_mean, is_tracing, spatial_mean
+from ._movinet_layers import (
+    Act,
+    Bneck,
+    ConvBlock,
+    ConvType,
+    activation,
+    cumulative_mean,
+    is_tracing,
+    running_mean,
+    spatial_mean,
+)
 from ._registry import ModelEntry, Preprocess, register
 
 ORIGIN = "Atze00/MoViNet-pytorch (TF-Hub kinetics-600 classification/3)"
@@ -128,7 +138,10 @@ def _refold_after_load(module: nn.Module, incompatible_keys: object) -> None:
 
 
 class MoViNetStream(_Trunk, StreamModel):
-    """A causal (2+1)D stream MoViNet: ``forward(clip)`` is the causal clip, ``step`` the same thing per frame."""
+    """A causal (2+1)D stream MoViNet: ``forward(clip)`` is the causal clip, ``step`` the same thing per frame.
+    The clip form is frame-major (``clip_layout "N(T*C)HW"``) and runs ``step``'s layers on all T frames at once."""
+
+    clip_layout = "N(T*C)HW"
 
     fused_head_w1: Tensor
     fused_head_b1: Tensor
@@ -167,10 +180,21 @@ class MoViNetStream(_Trunk, StreamModel):
         return self.pooled(clip)[:, :, -1:, None, None]
 
     def forward_packed(self, x: Tensor) -> Tensor:
-        return self.classifier(self.features(x)).flatten(1)
+        """Logits ``[N, K]`` of the last frame of the clip ``x [N, T*3, H, W]`` (frame-major): the T frames go
+        through ``step``'s channels-last layers at once (batch N*T) from a zero state, so the clip export is 4D
+        and transpose-free like the stream export. (The 5D reference is `clip_logits`.)"""
+        n, t, h, w = int(x.shape[0]), int(x.shape[1]) // 3, int(x.shape[2]), int(x.shape[3])
+        frames = x.reshape(n * t, 3, h, w).permute(0, 2, 3, 1)
+        if not is_tracing():
+            self._ensure_folded()
+            frames = frames.contiguous()
+        zero = {k: x.new_zeros(n, *shape) for k, shape in self.state_layout((h, w))}
+        m, _ = self._advance(frames, zero, frames=t)
+        return self._classify(m.reshape(n, t, -1)[:, -1])
 
     def clip_logits(self, clip: Tensor) -> Tensor:
-        """Per-frame logits ``[N, T, K]`` of the causal clip (what ``step`` returns frame by frame)."""
+        """Per-frame logits ``[N, T, K]`` of the causal clip (what ``step`` returns frame by frame): the reference
+        path, 5D like the port."""
         p = self.pooled(clip)
         return self.classifier(p[..., None, None]).flatten(2).transpose(1, 2)
 
@@ -249,36 +273,50 @@ class MoViNetStream(_Trunk, StreamModel):
             self.refold()
         return out
 
+    def _ensure_folded(self) -> None:
+        if self._token() != self._fold_token or self._fold_token == (None,):
+            self.refold()
+
     def step(self, frame: Tensor, state: State) -> tuple[Tensor, State]:
         """``frame [N, 3, H, W]`` and ``state`` (see the module docstring) -> (logits ``[N, K]`` of frames 0..t,
         new state). 4D tensors only; does not modify ``state``."""
-        if not is_tracing():
-            if self._token() != self._fold_token or self._fold_token == (None,):
-                self.refold()
-            if self.conv1.conv_1.conv.weight.dtype == torch.float32:
-                self.check_frame(frame)
-            state = self._fit_state(frame, state)
-        count = state["frame_count"] + 1.0
-        if self.pool_window is not None:
-            count = count.clamp(max=float(self.pool_window))
-        r = self.one / count  # (a tensor DIV, which every delegate takes; 1.0 / x exports as reciprocal)
-        new: State = {"frame_count": count}
         x = frame.permute(0, 2, 3, 1)  # channels-last from here on
         if not is_tracing():
+            self._ensure_folded()
+            self.check_frame(frame)
+            state = self._fit_state(frame, state)
             x = x.contiguous()  # eager speed only (same values): the convs then run channels-last kernels
+        m, new = self._advance(x, state)
+        return self._classify(m), new
+
+    def _advance(self, x: Tensor, state: State, *, frames: int = 1) -> tuple[Tensor, State]:
+        """``x [N*F, H, W, 3]``: F consecutive frames of each stream (frame-major, channels-last) after ``state``
+        -> (the pooled head features at each frame ``[N*F, C_head]``, the state after the last frame)."""
+        if frames == 1:
+            count = state["frame_count"] + 1.0
+        else:  # [N, F]: the count at each frame
+            count = state["frame_count"] + torch.arange(1, frames + 1, dtype=x.dtype, device=x.device)
+        if self.pool_window is not None:
+            count = count.clamp(max=float(self.pool_window))
+        r = self.one / count.reshape(-1, 1)  # (a tensor DIV, which every delegate takes; 1.0 / x exports as reciprocal)
+        new: State = {"frame_count": count if frames == 1 else count[:, -1:]}
         x = self.conv1.step(x)[0]
         for name, blk in self.bnecks():
             buf_key = f"{name}_deep_buf"
             buf = state[buf_key] if blk.deep.conv_2 is not None else None
-            x, buf, mean = blk.step(x, buf, state[f"{name}_se_mean"], r)
+            x, buf, mean = blk.step(x, buf, state[f"{name}_se_mean"], r, frames=frames)
             if buf is not None:
                 new[buf_key] = buf
             new[f"{name}_se_mean"] = mean
         x = self.conv7.step(x)[0]
-        m = state["head_mean"] + (spatial_mean(x) - state["head_mean"]) * r
-        new["head_mean"] = m
+        m, new["head_mean"] = running_mean(spatial_mean(x), state["head_mean"], r, frames=frames,
+                                           saturating=self.pool_window is not None)
+        return m, new
+
+    def _classify(self, m: Tensor) -> Tensor:
+        """Pooled head features ``[N, C_head]`` -> logits ``[N, K]``."""
         h = activation(F.linear(m, self.fused_head_w1, self.fused_head_b1), "swish")
-        return F.linear(h, self.fused_head_w2, self.fused_head_b2), new
+        return F.linear(h, self.fused_head_w2, self.fused_head_b2)
 
 
 class MoViNetEnsemble(StreamModel):
@@ -296,6 +334,8 @@ class MoViNetEnsemble(StreamModel):
     port stream checkpoints combined as ``ensemble_checkpoint(torch.load(a), torch.load(b))``.
     """
 
+    clip_layout = "N(T*C)HW"
+
     def __init__(self, spec: MoViNetSpec, *, num_classes: int = 600, input_size: int | None = None,
                  num_frames: int | None = None, pool_window: int | None = None) -> None:
         super().__init__()
@@ -311,10 +351,11 @@ class MoViNetEnsemble(StreamModel):
         self.b.refold()
 
     def forward_packed(self, x: Tensor) -> Tensor:
+        """``x [N, T*3, H, W]`` (frame-major) -> logits ``[N, K]`` of the last frame."""
         la = self.a.forward_packed(x)
-        if x.shape[2] < 2:
+        if x.shape[1] < 6:
             return la
-        return 0.5 * (la + self.b.forward_packed(x[:, :, :-1]))
+        return 0.5 * (la + self.b.forward_packed(x[:, :-3]))
 
     def clip_logits(self, clip: Tensor) -> Tensor:
         """Per-frame logits ``[N, T, K]`` (what ``step`` returns frame by frame)."""

@@ -53,7 +53,8 @@ def _checkpoint(tmp_path, fix: dict, name: str = "ck.pt"):
 
 
 def _run_with_probes(model: torch.nn.Module, clip: torch.Tensor, fix: dict) -> tuple[torch.Tensor, dict]:
-    """Logits of ``model(clip)`` and the outputs of the fixture's probed modules (same names as the port)."""
+    """Logits of the reference (port-shaped, 5D) path on ``clip`` and the outputs of the fixture's probed modules
+    (same names as the port)."""
     seen: dict[str, torch.Tensor] = {}
     hooks = []
     for probe in fix["outputs"]["probes"]:
@@ -66,7 +67,7 @@ def _run_with_probes(model: torch.nn.Module, clip: torch.Tensor, fix: dict) -> t
                 lambda mod, args, out, name=name: seen.__setitem__(name, out)))
     try:
         with torch.no_grad():
-            logits = model(clip)
+            logits = model.classifier(model.features(clip)).flatten(1)
     finally:
         for h in hooks:
             h.remove()
@@ -149,6 +150,8 @@ def test_stream_matches_fixture(tmp_path, variant):
     logits, seen = _run_with_probes(model, clip, fix)
     assert max_err(logits.numpy(), fix["outputs"]["logits"]) < ATOL
     _check_probes(seen, fix)
+    with torch.no_grad():  # the clip form: step's channels-last layers on all frames at once
+        assert max_err(model(clip).numpy(), fix["outputs"]["logits"]) < ATOL
     stepped = stream_logits(model, clip)
     assert max_err(stepped[0].numpy(), fix["outputs"]["per_frame_logits"]) < ATOL
     if variant == "a0":  # the per-frame logits of the causal clip path too
@@ -203,7 +206,7 @@ def test_parameter_counts_and_stage_shapes(variant, stream):
     hooks = [b.register_forward_hook(lambda mod, args, out, n=n: shapes.__setitem__(n, tuple(out.shape)))
              for n, b in model.blocks.named_children()]
     with torch.no_grad():
-        logits = model(torch.rand(1, 3, 2, 40, 40))
+        logits = model.classifier(model.features(torch.rand(1, 3, 2, 40, 40))).flatten(1)  # the 5D path
     for h in hooks:
         h.remove()
     assert logits.shape == (1, 600)
@@ -225,6 +228,17 @@ def test_stream_steps_equal_causal_clip(variant, one_thread):
         last = model(clip)
     assert (stepped - per_frame).abs().max() < 1e-4
     assert (stepped[:, -1] - last).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("name,options", [("movinet_a0_stream", {}), ("movinet_a0_stream", {"pool_window": 3}),
+                                          ("movinet_a0_stream_ensemble", {})])
+def test_clip_form_equals_reference_path(name, options, one_thread):
+    """``forward`` (step's channels-last layers on all frames at once, the clip export) = the 5D reference path,
+    for a batch of 2 non-square clips, a saturating pool window and the ensemble's one-frame offset."""
+    model = fill_model(M.create_model(name, input_size=64, **options))
+    clip = torch.rand(2, 3, 7, 64, 48, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert (model(clip) - model.clip_logits(clip)[:, -1]).abs().max() < 1e-5
 
 
 # -- the step graph is 4D only -----------------------------------------------------------------------------------------

@@ -96,6 +96,30 @@ def test_tiny_stream_and_clip_export(tmp_path: Path, target: str) -> None:
     assert not list(tmp_path.rglob(".*partial*"))
 
 
+@pytest.mark.parametrize("target", ["onnx", "tflite", "executorch"])
+def test_stepper_keeps_state_in_the_runtime(tmp_path: Path, target: str) -> None:
+    """`stexport.streaming.stepper`: the runtime's own state loop (LiteRT tensor buffers, ORT IOBinding; a copying
+    loop elsewhere) gives exactly the logits and state of the stateless ``run`` with the state passed by hand."""
+    from stexport.spec import IOSpec
+    from stexport.streaming import stepper, zero_state
+
+    bundle = _export(TinyStream().eval(), target, tmp_path)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    spec = IOSpec.from_json(manifest)
+    runner = TARGETS[target].load().Runner(bundle / manifest["artifact"]["file"], spec)
+    fast = stepper(runner)
+    assert type(fast).__name__ == {"onnx": "BindingStepper", "tflite": "BufferStepper"}.get(target, "CopyStepper")
+    state = zero_state(spec)
+    g = torch.Generator().manual_seed(4)
+    for _ in range(7):
+        frame = torch.rand(spec.inputs[0].shape, generator=g).numpy()
+        out = runner.run({"frame": frame, **state})
+        state = {s.name: out[s.output] for s in spec.states}
+        np.testing.assert_array_equal(fast.step({"frame": frame}), out["logits"])
+    for k, v in fast.state().items():
+        np.testing.assert_array_equal(v, state[k])
+
+
 def test_golden_replays_through_onnx(tmp_path: Path) -> None:
     """What an app does: decode golden frames, preprocess per manifest, carry state, compare logits."""
     from stexport.targets._onnx import Runner
@@ -170,3 +194,19 @@ def test_unknown_target_and_precision() -> None:
         get_target("tflit")
     with pytest.raises(stexport.errors.StexportError, match="not available for target"):
         stexport.export(TinyClip(), target="coreml", precision="int3")
+
+
+@pytest.mark.parametrize("name", ["movinet_a0_stream", "tsm_mobilenetv2_online"])
+def test_wrong_frame_is_refused(name: str) -> None:
+    """A frame of the wrong layout or dtype gets an error naming the fix; a float64 model takes float64 frames."""
+    model = stexport.create_model(name, input_size=32).eval()
+    state = model.init_state(1)
+    with pytest.raises(ValueError, match=r"expected a frame \[N, 3, H, W\]"):
+        model.step(torch.zeros(1, 32, 32, 3), state)
+    for dtype in (torch.uint8, torch.float64):
+        with pytest.raises(TypeError, match=r"convert with frame.to\(torch.float32\)"):
+            model.step(torch.zeros(1, 3, 32, 32, dtype=dtype), state)
+    model.double()
+    logits, _ = model.step(torch.zeros(1, 3, 32, 32, dtype=torch.float64),
+                           {k: v.double() for k, v in model.init_state(1).items()})
+    assert logits.dtype == torch.float64

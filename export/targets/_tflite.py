@@ -60,8 +60,61 @@ class Runner:
         if SIGNATURE not in sigs:
             raise RuntimeError(f"{path.name} has no signature {SIGNATURE!r}: {sorted(sigs)}")
         self.runner = self.interpreter.get_signature_runner(SIGNATURE)
-        self.spec = spec
+        self.spec, self.path, self.threads = spec, path, threads
         self.version = package_version("ai-edge-litert") or "unknown"
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         return dict(self.runner(**{n: feeds[n] for n in self.spec.input_names}))
+
+    def stepper(self) -> Any:
+        """A `stexport.streaming.Stepper` keeping the state in LiteRT tensor buffers (see `BufferStepper`); the
+        Interpreter's copying loop where the CompiledModel API is missing (tflite-runtime)."""
+        try:
+            return BufferStepper(self.path, self.spec, threads=self.threads)
+        except ImportError:
+            from stexport.streaming import CopyStepper
+
+            return CopyStepper(self.run, self.spec)
+
+
+class BufferStepper:
+    """LiteRT ``CompiledModel`` (XNNPACK on the CPU) with its own tensor buffers: after each step the state
+    output buffers become the next step's state inputs (swapped, not copied); only the frame is written and the
+    logits read. This is the loop an app runs with the LiteRT ``CompiledModel``/``TensorBuffer`` API."""
+
+    def __init__(self, path: Path, spec: IOSpec, *, threads: int = 1) -> None:
+        from ai_edge_litert.compiled_model import CompiledModel
+        from ai_edge_litert.options import Options
+
+        from stexport.quiet import captured_output
+
+        options = Options()
+        options.cpu_options.num_threads = threads
+        with captured_output():  # (accelerator plugins that are not on this machine announce themselves)
+            self.model = CompiledModel.from_file(str(path), options=options)
+        self.spec = spec
+        self._sig = self.model.get_signature_index(SIGNATURE)
+        names = self.model.get_signature_list()[SIGNATURE]
+        ins, outs = list(names["inputs"]), list(names["outputs"])
+        self._in_index = {n: ins.index(n) for n in spec.input_names}
+        self._logits = next(t for t in spec.outputs if t.name == "logits")
+        self._logits_index = outs.index("logits")
+        self._pairs = [(ins.index(s.name), outs.index(s.output)) for s in spec.states]
+        self._ins = self.model.create_input_buffers(self._sig)
+        self._outs = self.model.create_output_buffers(self._sig)
+        for s, (i, _) in zip(spec.states, self._pairs, strict=True):
+            self._ins[i].write(np.zeros(s.shape, np.float32))
+
+    def step(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        for name, value in feeds.items():
+            self._ins[self._in_index[name]].write(value)
+        self.model.run_by_index(self._sig, self._ins, self._outs)
+        size = int(np.prod(self._logits.shape))
+        logits = self._outs[self._logits_index].read(size, np.float32).reshape(self._logits.shape)
+        for i, o in self._pairs:
+            self._ins[i], self._outs[o] = self._outs[o], self._ins[i]
+        return logits
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {s.name: self._ins[i].read(int(np.prod(s.shape)), np.float32).reshape(s.shape)
+                for s, (i, _) in zip(self.spec.states, self._pairs, strict=True)}
