@@ -77,7 +77,8 @@ def measure(name: str, target: str, precision: str, form: str, data: tuple[np.nd
     import stexport
     from stexport.errors import ParityError
     from stexport.frames import preprocess
-    from stexport.train import load_bundle_runner, runner_logits
+    from stexport.streaming import load_bundle_runner
+    from stexport.train import runner_logits
 
     row: dict[str, Any] = {"model": name, "target": target, "precision": precision, "form": form}
     out = workdir / f"{precision}-{form}"
@@ -139,7 +140,7 @@ def drift(name: str, frames: int, workdir: Path) -> dict[str, Any]:
     from stexport import motion
     from stexport.frames import preprocess
     from stexport.models import get_entry
-    from stexport.train import load_bundle_runner
+    from stexport.streaming import load_bundle_runner, stepper
 
     entry = get_entry(name)
     model32 = stexport.create_model(name)
@@ -151,8 +152,7 @@ def drift(name: str, frames: int, workdir: Path) -> dict[str, Any]:
     for t, p in DRIFT_RUNTIMES:
         bundle = stexport.export(name, target=t, precision=p, out=workdir / f"drift-{t}-{p}", progress=lambda s: None)
         runners[f"{t} {p}"] = load_bundle_runner(bundle, threads=1)[0]
-    spec = runners["tflite fp16"].spec
-    states = {k: {s.name: np.zeros(s.shape, np.float32) for s in spec.states} for k in runners}
+    streams = {k: stepper(r) for k, r in runners.items()}  # each artifact's own state contract, kept in its runtime
     s32 = model32.init_state(1)
     s64 = {k: v.double() for k, v in model32.init_state(1).items()}
     names = [*runners, "pytorch float32"]
@@ -167,10 +167,8 @@ def drift(name: str, frames: int, workdir: Path) -> dict[str, Any]:
             ref = l64.numpy()
             l32, s32 = model32.step(x, s32)
             outs = {"pytorch float32": l32.numpy()}
-            for k, r in runners.items():
-                o = r.run({"frame": x.numpy(), **states[k]})
-                states[k] = {s.name: np.asarray(o[s.output], np.float32) for s in spec.states}
-                outs[k] = np.asarray(o["logits"])
+            for k, stream in streams.items():
+                outs[k] = stream.step({"frame": x.numpy()})
             for k, v in outs.items():
                 errs[k].append(float(np.max(np.abs(v.astype(np.float64) - ref))))
                 agree[k] += int(np.argmax(v) == np.argmax(ref))

@@ -273,7 +273,8 @@ def run_bench(model: str | torch.nn.Module, *, targets: Sequence[str] | None = N
                     continue
                 assert ex.bundle is not None and ex.manifest is not None
                 try:
-                    runner = get_target(ex.target).load().Runner(ex.bundle / ex.manifest["artifact"]["file"], spec,
+                    runner = get_target(ex.target).load().Runner(ex.bundle / ex.manifest["artifact"]["file"],
+                                                                 IOSpec.from_json(ex.manifest),
                                                                  threads=n)
                 except RuntimeError as e:  # Core ML off macOS: exported and spec-checked, not executed
                     status = "not_executed" if type(e).__name__ == "RuntimeUnavailable" else "failed"
@@ -297,7 +298,8 @@ def run_bench(model: str | torch.nn.Module, *, targets: Sequence[str] | None = N
                     ex_c = runnable.get(c.name)
                     artifact = ex_c.bundle / ex_c.manifest["artifact"]["file"] if ex_c and ex_c.bundle and \
                         ex_c.manifest else None
-                    mem[c.name] = _measure_memory(ex_c.target if ex_c else REFERENCE, spec=spec, threads=n,
+                    own = IOSpec.from_json(ex_c.manifest) if ex_c and ex_c.manifest else spec  # the artifact's
+                    mem[c.name] = _measure_memory(ex_c.target if ex_c else REFERENCE, spec=own, threads=n,
                                                   steps=mem_steps, artifact=artifact, model_file=model_file)
                     bar.update(1)
             window = probe or curve_window(len(ref.times_ms))

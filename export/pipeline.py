@@ -96,6 +96,9 @@ def export(model: str | torch.nn.Module, *, target: str, out: str | Path = "out"
     refold = getattr(vm, "refold", None)  # models that cache folded weights rebuild them from the parameters now
     if callable(refold):
         refold()
+    in_layout = getattr(vm, "with_step_layout", None)  # a step with a layout choice: the target's (a copy if new)
+    if callable(in_layout):
+        vm = in_layout(tgt.step_layout)
     form = form or ("stream" if vm.streaming else "clip")
     spec = build_spec(vm, form=form)
     graph = GraphModule(vm, spec).eval()

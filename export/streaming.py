@@ -5,7 +5,7 @@ numpy arrays, so each step copies the whole state out of the runtime and back in
 at 172 px). An app keeps the state in the runtime's own buffers instead and, after a step, feeds the output
 buffers as the next step's inputs (ping-pong, no copy). ``Runner.stepper()`` gives that loop:
 
-    stepper = runner.stepper()            # zero state (the manifest's init)
+    stepper = open_stream(bundle)          # a bundle folder; zero state (the manifest's init)
     for frame in frames:                   # float32 [N, 3, H, W], preprocessed
         logits = stepper.step({"frame": frame})
     stepper.state()                        # the current state as numpy arrays, by state name
@@ -16,8 +16,10 @@ place; any other runner falls back to `CopyStepper`. A clip-form runner steps cl
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -63,3 +65,25 @@ def stepper(runner: object) -> Stepper:
     if make is not None:
         return make()
     return CopyStepper(runner.run, runner.spec)  # type: ignore[attr-defined]
+
+
+def load_bundle_runner(bundle: str | Path, *, threads: int = 1) -> tuple[Any, IOSpec, Any]:
+    """(runner, spec, preprocessing `Preprocess`) of an exported bundle folder ``<out>/<model>/<target>/``, from its
+    manifest; ``runner.run(feeds) -> outputs`` by tensor name."""
+    from stexport.models._registry import Preprocess
+    from stexport.targets import get_target
+
+    folder = Path(bundle)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    spec = IOSpec.from_json(manifest)
+    p = manifest["preprocessing"]
+    pre = Preprocess(size=tuple(p["size"]), value_range=tuple(p["value_range"]), mean=tuple(p["mean"]),
+                     std=tuple(p["std"]))
+    runner = get_target(manifest["target"]).load().Runner(folder / manifest["artifact"]["file"], spec,
+                                                          threads=threads)
+    return runner, spec, pre
+
+
+def open_stream(bundle: str | Path, *, threads: int = 1) -> Stepper:
+    """The bundle's artifact in its runtime, stepped with its state kept there (see the module docstring)."""
+    return stepper(load_bundle_runner(bundle, threads=threads)[0])

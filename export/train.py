@@ -264,24 +264,11 @@ def evaluate(model_or_runner: Any, *, split: str = "test", streamed: bool = Fals
     return float(np.mean(np.concatenate(preds) == labels))
 
 
-def load_bundle_runner(bundle: str | Path, *, threads: int = 1) -> tuple[Any, IOSpec, Preprocess]:
-    """(runner, spec, preprocessing) of an exported bundle folder ``<out>/<model>/<target>/`` (its manifest)."""
-    from stexport.targets import get_target
-
-    folder = Path(bundle)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    spec = IOSpec.from_json(manifest)
-    p = manifest["preprocessing"]
-    pre = Preprocess(size=tuple(p["size"]), value_range=tuple(p["value_range"]), mean=tuple(p["mean"]),
-                     std=tuple(p["std"]))
-    runner = get_target(manifest["target"]).load().Runner(folder / manifest["artifact"]["file"], spec,
-                                                          threads=threads)
-    return runner, spec, pre
-
-
 # ---- command line -------------------------------------------------------------------------------------------------
 
 def _evaluate_bundles(bundles: Sequence[str], *, clips: int) -> int:
+    from stexport.streaming import load_bundle_runner
+
     for bundle in bundles:
         runner, spec, pre = load_bundle_runner(bundle)
         t0 = time.perf_counter()

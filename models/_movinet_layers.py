@@ -39,26 +39,87 @@ def is_tracing() -> bool:
                 or torch.fx._symbolic_trace._is_fx_tracing_flag)
 
 
-def conv_nhwc(x: Tensor, w: Tensor, b: Tensor, *, stride: int = 1, padding: tuple[int, int] = (0, 0),
-              dilation: tuple[int, int] = (1, 1), groups: int = 1) -> Tensor:
-    """``F.conv2d`` on channels-last tensors: ``x [N, H, W, Cin]`` -> ``[N, H', W', Cout]`` (NCHW weights). The two
-    permutes are free views in eager mode and cancel against the converters' own layout transposes."""
-    return F.conv2d(x.permute(0, 3, 1, 2), w, b, stride, padding, dilation, groups).permute(0, 2, 3, 1)
+class StepLayout:
+    """Where the channels of ``step``'s 4D tensors are. ``"nhwc"`` (``[N, H, W, C]``): LiteRT's own layout, whose
+    converter cancels the permutes around each conv, so the graph has no layout transposes. ``"nchw"``
+    (``[N, C, H, W]``): PyTorch's, for runtimes that take NCHW graphs and convert once inside (ExecuTorch's XNNPACK
+    partitioner, ONNX Runtime, Core ML): there the permutes of the NHWC form would run as real transposes. Frames
+    in a causal-conv buffer stack along H in both."""
+
+    def __init__(self, name: str) -> None:
+        if name not in ("nhwc", "nchw"):
+            raise ValueError(f"step layout must be 'nhwc' or 'nchw', got {name!r}")
+        self.name, self.channels_last = name, name == "nhwc"
+        self.h_axis = 1 if self.channels_last else 2
+        self.buffer_layout = "N(T*H)WC" if self.channels_last else "NC(T*H)W"
+
+    def from_nchw(self, x: Tensor) -> Tensor:
+        return x.permute(0, 2, 3, 1) if self.channels_last else x
+
+    def hw(self, x: Tensor) -> tuple[int, int]:
+        return (int(x.shape[1]), int(x.shape[2])) if self.channels_last else (int(x.shape[2]), int(x.shape[3]))
+
+    def buffer_shape(self, rows: int, w: int, c: int) -> tuple[int, int, int]:
+        """A buffer of ``rows`` stacked frame rows, without batch."""
+        return (rows, w, c) if self.channels_last else (c, rows, w)
+
+    def conv(self, x: Tensor, w: Tensor, b: Tensor, *, stride: int = 1, padding: tuple[int, int] = (0, 0),
+             dilation: tuple[int, int] = (1, 1), groups: int = 1) -> Tensor:
+        """``F.conv2d`` (NCHW weights) in this layout; for NHWC the two permutes are free views in eager mode and
+        cancel against LiteRT's own layout transposes."""
+        if not self.channels_last:
+            return F.conv2d(x, w, b, stride, padding, dilation, groups)
+        return F.conv2d(x.permute(0, 3, 1, 2), w, b, stride, padding, dilation, groups).permute(0, 2, 3, 1)
+
+    def pad(self, x: Tensor, pads: tuple[int, int, int, int]) -> Tensor:
+        """Zero-pad H and W by ``(left, right, top, bottom)``."""
+        if not any(pads):
+            return x
+        pl, pr, pt, pb = pads
+        return F.pad(x, (0, 0, pl, pr, pt, pb)) if self.channels_last else F.pad(x, pads)
+
+    def avg_pool(self, x: Tensor, kernel: int | tuple[int, int], stride: int | None = None) -> Tensor:
+        if not self.channels_last:
+            return F.avg_pool2d(x, kernel, stride)
+        return F.avg_pool2d(x.permute(0, 3, 1, 2), kernel, stride).permute(0, 2, 3, 1)
+
+    def spatial_mean(self, x: Tensor) -> Tensor:
+        """``[N, C]``, as a whole-frame average pool: the one form that LiteRT (channels-last, no transposes) and
+        ExecuTorch's XNNPACK partitioner both take in full. (ONNX gets a plain ReduceMean.)"""
+        dims = (1, 2) if self.channels_last else (2, 3)
+        if torch.onnx.is_in_onnx_export():
+            return x.mean(dims)
+        return self.avg_pool(x, self.hw(x)).flatten(1)
+
+    def per_channel(self, g: Tensor) -> Tensor:
+        """``[N, C]`` -> broadcastable against a frame tensor."""
+        return g.reshape(g.shape[0], 1, 1, g.shape[1]) if self.channels_last else g.reshape(*g.shape, 1, 1)
+
+    def stack(self, y: Tensor, frames: int) -> Tensor:
+        """``[N*F, ..]`` frames -> one tensor per stream with the F frames stacked along H (oldest first)."""
+        if frames == 1:
+            return y
+        if self.channels_last:
+            _, h, w, c = y.shape
+            return y.reshape(-1, frames * h, w, c)
+        _, c, h, w = y.shape
+        return y.reshape(-1, frames, c, h * w).permute(0, 2, 1, 3).reshape(-1, c, frames * h, w)
+
+    def unstack(self, z: Tensor, frames: int, h: int) -> Tensor:
+        """The inverse of `stack` for frames of height ``h``."""
+        if frames == 1:
+            return z
+        if self.channels_last:
+            _, _, w, c = z.shape
+            return z.reshape(-1, h, w, c)
+        _, c, _, w = z.shape
+        return z.reshape(-1, c, frames, h * w).permute(0, 2, 1, 3).reshape(-1, c, h, w)
+
+    def rows_from(self, z: Tensor, start: int) -> Tensor:
+        return z[:, start:] if self.channels_last else z[:, :, start:]
 
 
-def pad_nhwc(x: Tensor, pads: tuple[int, int, int, int]) -> Tensor:
-    """Zero-pad ``x [N, H, W, C]`` by ``(left, right, top, bottom)``."""
-    pl, pr, pt, pb = pads
-    return F.pad(x, (0, 0, pl, pr, pt, pb)) if any(pads) else x
-
-
-def spatial_mean(x: Tensor) -> Tensor:
-    """``x [N, H, W, C]`` -> ``[N, C]``, written as a whole-frame average pool of the NCHW view: the one form that
-    LiteRT (channels-last, no transposes) and ExecuTorch's XNNPACK partitioner both take in full. (ONNX gets a
-    plain ReduceMean: ONNX Runtime would have to transpose for the pool.)"""
-    if torch.onnx.is_in_onnx_export():
-        return x.mean((1, 2))
-    return F.avg_pool2d(x.permute(0, 3, 1, 2), (int(x.shape[1]), int(x.shape[2]))).flatten(1)
+NHWC, NCHW = StepLayout("nhwc"), StepLayout("nchw")
 
 
 def activation(x: Tensor, kind: Act) -> Tensor:
@@ -229,26 +290,25 @@ class ConvBlock(nn.Module):
             self.fused_w2, self.fused_b2 = (w2 * scale).to(dtype), (b2 * scale + shift).to(dtype)
         self.fused_w1, self.fused_b1 = w1.to(dtype), b1.to(dtype)
 
-    def step(self, x: Tensor, buf: Tensor | None = None, *, frames: int = 1) -> tuple[Tensor, Tensor | None]:
-        """``x [N*F, H, W, Cin]`` (F consecutive frames of each stream, frame-major, channels-last) ->
-        ``([N*F, H', W', Cout], new buf)``; ``buf [N, (kt-1)*H', W', Cout]`` holds the previous ``kt - 1`` outputs
-        of ``conv_1`` (oldest first), or is None when ``kt == 1``."""
-        pads = self._pads(int(x.shape[1]), int(x.shape[2]))
+    def step(self, x: Tensor, buf: Tensor | None = None, *, frames: int = 1, layout: StepLayout = NHWC
+             ) -> tuple[Tensor, Tensor | None]:
+        """``x [N*F, H, W, Cin]`` (F consecutive frames of each stream, frame-major; NHWC shown, or ``layout``)
+        -> ``([N*F, H', W', Cout], new buf)``; ``buf [N, (kt-1)*H', W', Cout]`` holds the previous ``kt - 1``
+        outputs of ``conv_1`` stacked along H (oldest first), or is None when ``kt == 1``."""
+        pads = self._pads(*layout.hw(x))
         pl, pr, pt, pb = pads
         pad = (pt, pl)
         if pl != pr or pt != pb:
-            x, pad = pad_nhwc(x, pads), (0, 0)
-        y = activation(conv_nhwc(x, self.fused_w1, self.fused_b1, stride=self.stride, padding=pad,
-                                 groups=self.groups), self.act)
+            x, pad = layout.pad(x, pads), (0, 0)
+        y = activation(layout.conv(x, self.fused_w1, self.fused_b1, stride=self.stride, padding=pad,
+                                   groups=self.groups), self.act)
         if self.conv_2 is None:
             return y, None
         assert buf is not None
-        _, h, w, c = (int(d) for d in y.shape)
-        if frames > 1:
-            y = y.reshape(-1, frames * h, w, c)
-        z = torch.cat([buf, y], 1)
-        out = activation(conv_nhwc(z, self.fused_w2, self.fused_b2, dilation=(h, 1), groups=self.groups), self.act)
-        return (out if frames == 1 else out.reshape(-1, h, w, c)), z[:, frames * h:]
+        h = layout.hw(y)[0]
+        z = torch.cat([buf, layout.stack(y, frames)], layout.h_axis)
+        out = layout.conv(z, self.fused_w2, self.fused_b2, dilation=(h, 1), groups=self.groups)
+        return layout.unstack(activation(out, self.act), frames, h), layout.rows_from(z, frames * h)
 
 
 class TfAvgPool(nn.Module):
@@ -271,17 +331,16 @@ class TfAvgPool(nn.Module):
         cols = torch.tensor(counts(w), dtype=torch.float64)
         return (9.0 / (rows[:, None] * cols[None, :]))[None, None].to(dtype=dtype, device=device)
 
-    def _corr(self, x: Tensor) -> Tensor:
-        h, w = x.shape[-2], x.shape[-1]
+    def _corr(self, h: int, w: int, x: Tensor) -> Tensor:
+        """The correction for ``h x w`` inputs, in ``x``'s dtype and device."""
         corr = self.corr
         if corr is None or tuple(corr.shape[-2:]) != (same_out(h, 2), same_out(w, 2)) or corr.dtype != x.dtype:
             corr = self.correction(h, w, x.dtype, x.device)
         return corr
 
     @staticmethod
-    def _pads(x: Tensor, channels_last: bool = True) -> tuple[int, int, int, int]:
-        """(left, right, top, bottom) TF-"same" pads of ``x`` (``[..., H, W, C]``, or ``[..., H, W]``)."""
-        h, w = (int(x.shape[-3]), int(x.shape[-2])) if channels_last else (int(x.shape[-2]), int(x.shape[-1]))
+    def _pads(h: int, w: int) -> tuple[int, int, int, int]:
+        """(left, right, top, bottom) TF-"same" pads of an ``h x w`` input."""
         (pt, pb), (pl, pr) = same_pads(h, 3, 2), same_pads(w, 3, 2)
         return pl, pr, pt, pb
 
@@ -289,14 +348,15 @@ class TfAvgPool(nn.Module):
         """``[N, C, T, H, W]`` -> ``[N, C, T, ceil(H/2), ceil(W/2)]`` (a 2D pool over ``[N, C*T, H, W]``: every
         runtime has one, ExecuTorch's portable kernels have no 3D pool)."""
         n, c, t, h, w = x.shape
-        y = F.avg_pool2d(F.pad(x.reshape(n, c * t, h, w), self._pads(x, channels_last=False)), 3, 2)
-        return (y * self._corr(x)).reshape(n, c, t, y.shape[-2], y.shape[-1])
+        y = F.avg_pool2d(F.pad(x.reshape(n, c * t, h, w), self._pads(h, w)), 3, 2)
+        return (y * self._corr(h, w, x)).reshape(n, c, t, y.shape[-2], y.shape[-1])
 
-    def step(self, x: Tensor) -> Tensor:
-        """``[N, H, W, C]`` -> ``[N, ceil(H/2), ceil(W/2), C]``: zero pad, average, rescale by the valid count (3
-        ops that every delegate runs)."""
-        y = F.avg_pool2d(pad_nhwc(x, self._pads(x)).permute(0, 3, 1, 2), 3, 2)
-        return y.permute(0, 2, 3, 1) * self._corr(x.permute(0, 3, 1, 2)).permute(0, 2, 3, 1)
+    def step(self, x: Tensor, *, layout: StepLayout = NHWC) -> Tensor:
+        """``[N, H, W, C]`` -> ``[N, ceil(H/2), ceil(W/2), C]`` (or NCHW, ``layout``): zero pad, average, rescale
+        by the valid count (3 ops that every delegate runs)."""
+        h, w = layout.hw(x)
+        y = layout.avg_pool(layout.pad(x, self._pads(h, w)), 3, 2)
+        return y * layout.from_nchw(self._corr(h, w, x))
 
 
 class SqueezeExcite(nn.Module):
@@ -348,15 +408,16 @@ class SqueezeExcite(nn.Module):
         self.fused_w1, self.fused_b1 = w1.flatten(1).to(dtype), b1.to(dtype)
         self.fused_w2, self.fused_b2 = w2.flatten(1).to(dtype), b2.to(dtype)
 
-    def step(self, x: Tensor, mean: Tensor, r: Tensor, *, frames: int = 1) -> tuple[Tensor, Tensor]:
+    def step(self, x: Tensor, mean: Tensor, r: Tensor, *, frames: int = 1, layout: StepLayout = NHWC
+             ) -> tuple[Tensor, Tensor]:
         """``x [N*F, H, W, C]`` (F frames, see `ConvBlock.step`), running mean ``[N, C]`` of past frames' spatial
         means, ``r = 1 / count [N*F, 1]`` -> (``x * gate / out_scale``, updated mean; see `running_mean`)."""
-        s = spatial_mean(x)
+        s = layout.spatial_mean(x)
         m, last = running_mean(s, mean, r, frames=frames, saturating=self.pool_window is not None)
         g = activation(F.linear(torch.cat([m, s], 1), self.fused_w1, self.fused_b1), self.act)
         g = F.linear(g, self.fused_w2, self.fused_b2)
         g = F.relu6(g) if self.gate == "hardsigmoid" else torch.sigmoid(g)
-        return x * g.reshape(g.shape[0], 1, 1, g.shape[1]), last
+        return x * layout.per_channel(g), last
 
 
 class Bneck(nn.Module):
@@ -396,16 +457,16 @@ class Bneck(nn.Module):
         self.se.refold()
         self.project.refold(scale=self.alpha.detach().double(), in_scale=self.se.out_scale)
 
-    def step(self, x: Tensor, buf: Tensor | None, mean: Tensor, r: Tensor, *, frames: int = 1
-             ) -> tuple[Tensor, Tensor | None, Tensor]:
-        """F frames ``[N*F, H, W, Cin]`` -> (``[N*F, H', W', Cout]``, new deep buffer, new SE mean)."""
+    def step(self, x: Tensor, buf: Tensor | None, mean: Tensor, r: Tensor, *, frames: int = 1,
+             layout: StepLayout = NHWC) -> tuple[Tensor, Tensor | None, Tensor]:
+        """F frames ``[N*F, H, W, Cin]`` (or NCHW) -> (``[N*F, H', W', Cout]``, new deep buffer, new SE mean)."""
         res = x
         for layer in self.res or ():
             if isinstance(layer, TfAvgPool):
-                res = layer.step(res)
+                res = layer.step(res, layout=layout)
             elif isinstance(layer, ConvBlock):
-                res = layer.step(res)[0]
-        h = x if self.expand is None else self.expand.step(x)[0]
-        h, buf = self.deep.step(h, buf, frames=frames)
-        h, mean = self.se.step(h, mean, r, frames=frames)
-        return res + self.project.step(h)[0], buf, mean
+                res = layer.step(res, layout=layout)[0]
+        h = x if self.expand is None else self.expand.step(x, layout=layout)[0]
+        h, buf = self.deep.step(h, buf, frames=frames, layout=layout)
+        h, mean = self.se.step(h, mean, r, frames=frames, layout=layout)
+        return res + self.project.step(h, layout=layout)[0], buf, mean

@@ -7,10 +7,13 @@ Registered models (variants are data: ``_movinet_config.SPECS``):
   on ``[N, 3, T, H, W]``; ``step`` is a ring buffer of the last ``num_frames`` frames (state ``frames``
   ``[N, 3*T, H, W]``, frame-major) and every step recomputes a full clip.
 * ``movinet_a{0..5}_stream``: causal (2+1)D stream models (hard-swish, the port's hard sigmoid SE gate, causal SE
-  with cumulative pooling and no positional encoding, exactly as the port). ``forward(clip)`` is the causal clip;
-  ``step(frame, state)`` is 4D-only and gives the same logits frame by frame. The port released stream weights
-  for A0-A2 only; A3-A5 stream are the same causal architecture (TF's A3-A5 stream checkpoints add a positional
-  encoding to the SE, which the port, and therefore this module, does not have).
+  with cumulative pooling and no positional encoding, exactly as the port). ``forward(clip)`` is the causal clip
+  (its last frame's logits; ``clip_logits`` gives every frame's); ``step(frame, state)`` is 4D-only and gives the
+  same logits frame by frame. ``forward`` runs ``step``'s layers on all T frames at once (``clip_layout``
+  ``"N(T*C)HW"``), so the clip export is 4D too; ``clip_logits``/``features`` are the port-shaped 5D reference.
+  The port released stream weights for A0-A2 only; A3-A5 stream are the same causal architecture (TF's A3-A5
+  stream checkpoints add a positional encoding to the SE, which the port, and therefore this module, does not
+  have).
 * ``movinet_a0_stream_ensemble``: the paper's temporal ensemble of two stream models of the same architecture
   (see `MoViNetEnsemble`).
 
@@ -20,9 +23,9 @@ Checkpoints: the port's released state_dicts load as they are (``weights/modelA{
 Stream state (all float32, batch first; ``H_l, W_l`` = the block's output size for the entry's ``input_size``):
 
 * ``frame_count [N, 1]``: frames seen, shared by every cumulative pool; saturates at ``pool_window`` if set.
-* ``b{i}_l{j}_deep_buf [N, (kt-1)*H_l, W_l, C]`` (channels-last) for blocks with a temporal kernel ``kt > 1``: the
-  last ``kt - 1`` frames entering the causal temporal conv, stacked along height, oldest first (the port's
-  ``deep.activation`` ``[N, C, kt-1, H, W]``, permuted to channels-last).
+* ``b{i}_l{j}_deep_buf [N, (kt-1)*H_l, W_l, C]`` (step layout ``"nhwc"``, the default; ``[N, C, (kt-1)*H_l, W_l]``
+  for ``"nchw"``) for blocks with a temporal kernel ``kt > 1``: the last ``kt - 1`` frames entering the causal
+  temporal conv, stacked along height, oldest first (the port's ``deep.activation`` ``[N, C, kt-1, H, W]``).
 * ``b{i}_l{j}_se_mean [N, C]``: running mean of the block's per-frame spatial means (the port's
   ``se.temporal_cumualtive_GAvg3D`` cumulative *sum* divided by the count).
 * ``head_mean [N, C_head]``: running mean of the pooled features (the port's ``cgap``).
@@ -35,17 +38,21 @@ implements the same recurrence).
 
 ``step`` runs on folded weights (eval-mode BatchNorm, ReZero ``alpha`` and the hard-sigmoid affine folded into the
 convs; non-persistent ``fused_*`` buffers rebuilt after ``load_state_dict``, ``.to()/.double()``, and before an eager
-step whenever a parameter changed in place). It uses 4D channels-last tensors only (the frame is permuted once):
-conv2d (the causal temporal conv is a depthwise ``(kt, 1)`` conv with dilation ``(H, 1)`` over the height-stacked
-buffer), linear, mean, cat, slice, pad, avg_pool2d and elementwise ops; in TFLite that is one XNNPACK partition with
-no layout transposes.
+step whenever a parameter changed in place). It uses 4D tensors only: conv2d (the causal temporal conv is a
+depthwise ``(kt, 1)`` conv with dilation ``(H, 1)`` over the height-stacked buffer), linear, cat, slice, pad,
+avg_pool2d and elementwise ops. ``step_layout`` (create_model option; ``with_step_layout`` makes a copy) puts the
+channels last (``"nhwc"``: LiteRT, one XNNPACK partition with no layout transposes; the frame is permuted once) or
+second (``"nchw"``: ExecuTorch's XNNPACK partitioner, ONNX Runtime and Core ML, which convert layouts themselves and
+would run NHWC permutes as transposes). ``stexport.export`` picks the target's layout (`Target.step_layout`).
 """
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from functools import partial
+from typing import TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -58,13 +65,15 @@ from ._movinet_layers import (
     Bneck,
     ConvBlock,
     ConvType,
+    StepLayout,
     activation,
     cumulative_mean,
     is_tracing,
     running_mean,
-    spatial_mean,
 )
 from ._registry import ModelEntry, Preprocess, register
+
+M = TypeVar("M", bound=nn.Module)
 
 ORIGIN = "Atze00/MoViNet-pytorch (TF-Hub kinetics-600 classification/3)"
 
@@ -150,8 +159,9 @@ class MoViNetStream(_Trunk, StreamModel):
     one: Tensor
 
     def __init__(self, spec: MoViNetSpec, *, num_classes: int = 600, input_size: int | None = None,
-                 num_frames: int | None = None, pool_window: int | None = None) -> None:
+                 num_frames: int | None = None, pool_window: int | None = None, step_layout: str = "nhwc") -> None:
         super().__init__()
+        self.layout = StepLayout(step_layout)
         if pool_window is not None and pool_window < 1:
             raise ValueError(f"pool_window must be a positive number of frames or None, got {pool_window}")
         self.spec = spec
@@ -180,11 +190,14 @@ class MoViNetStream(_Trunk, StreamModel):
         return self.pooled(clip)[:, :, -1:, None, None]
 
     def forward_packed(self, x: Tensor) -> Tensor:
-        """Logits ``[N, K]`` of the last frame of the clip ``x [N, T*3, H, W]`` (frame-major): the T frames go
-        through ``step``'s channels-last layers at once (batch N*T) from a zero state, so the clip export is 4D
-        and transpose-free like the stream export. (The 5D reference is `clip_logits`.)"""
+        """Logits ``[N, K]`` of the last frame of the clip ``x [N, T*3, H, W]`` (frame-major). Inference (eval mode
+        without autograd, and every export): the T frames go through ``step``'s 4D layers at once (batch N*T) from
+        a zero state, on folded weights, so the clip export is 4D like the stream export. Training (train mode, or
+        autograd on): the port-shaped 5D path (`features`), whose BatchNorm and parameters take part."""
+        if self.training or (torch.is_grad_enabled() and not is_tracing()):
+            return self.classifier(self.features(unpack_clip(x, self.clip_layout))).flatten(1)
         n, t, h, w = int(x.shape[0]), int(x.shape[1]) // 3, int(x.shape[2]), int(x.shape[3])
-        frames = x.reshape(n * t, 3, h, w).permute(0, 2, 3, 1)
+        frames = self.layout.from_nchw(x.reshape(n * t, 3, h, w))
         if not is_tracing():
             self._ensure_folded()
             frames = frames.contiguous()
@@ -207,7 +220,7 @@ class MoViNetStream(_Trunk, StreamModel):
         for (name, blk), (h, w) in zip(self.bnecks(), sizes, strict=True):
             c, kt = blk.deep.conv_1.conv.out_channels, blk.deep.kernel[0]
             if blk.deep.conv_2 is not None:
-                out.append((f"{name}_deep_buf", ((kt - 1) * h, w, c)))
+                out.append((f"{name}_deep_buf", self.layout.buffer_shape((kt - 1) * h, w, c)))
             out.append((f"{name}_se_mean", (c,)))
         out.append(("head_mean", (self.spec.head,)))
         return out
@@ -234,8 +247,13 @@ class MoViNetStream(_Trunk, StreamModel):
         return {k: ref.new_zeros(n, *shape) for k, shape in layout}
 
     def state_layouts(self) -> dict[str, str]:
-        """Axis meaning of each state for the manifest: deep buffers are channels-last, frames stacked on H."""
-        return {name: "N(T*H)WC" if name.endswith("_deep_buf") else "NC" for name, _ in self.state_layout()}
+        """Axis meaning of each state for the manifest: deep buffers in the step layout, frames stacked on H."""
+        return {name: self.layout.buffer_layout if name.endswith("_deep_buf") else "NC"
+                for name, _ in self.state_layout()}
+
+    def with_step_layout(self, name: str) -> MoViNetStream:
+        """This model, or a copy (same weights) whose ``step`` runs in layout ``name`` (`StepLayout`)."""
+        return _with_step_layout(self, name)
 
     def init_state(self, batch_size: int = 1) -> State:
         w = self.conv1.conv_1.conv.weight
@@ -280,18 +298,19 @@ class MoViNetStream(_Trunk, StreamModel):
     def step(self, frame: Tensor, state: State) -> tuple[Tensor, State]:
         """``frame [N, 3, H, W]`` and ``state`` (see the module docstring) -> (logits ``[N, K]`` of frames 0..t,
         new state). 4D tensors only; does not modify ``state``."""
-        x = frame.permute(0, 2, 3, 1)  # channels-last from here on
+        x = self.layout.from_nchw(frame)
         if not is_tracing():
             self._ensure_folded()
             self.check_frame(frame)
             state = self._fit_state(frame, state)
-            x = x.contiguous()  # eager speed only (same values): the convs then run channels-last kernels
+            x = x.contiguous()  # eager speed only (same values): NHWC convs then run channels-last kernels
         m, new = self._advance(x, state)
         return self._classify(m), new
 
     def _advance(self, x: Tensor, state: State, *, frames: int = 1) -> tuple[Tensor, State]:
-        """``x [N*F, H, W, 3]``: F consecutive frames of each stream (frame-major, channels-last) after ``state``
-        -> (the pooled head features at each frame ``[N*F, C_head]``, the state after the last frame)."""
+        """``x [N*F, H, W, 3]`` (or NCHW, the step layout): F consecutive frames of each stream (frame-major) after
+        ``state`` -> (the pooled head features at each frame ``[N*F, C_head]``, the state after the last frame)."""
+        layout = self.layout
         if frames == 1:
             count = state["frame_count"] + 1.0
         else:  # [N, F]: the count at each frame
@@ -300,16 +319,16 @@ class MoViNetStream(_Trunk, StreamModel):
             count = count.clamp(max=float(self.pool_window))
         r = self.one / count.reshape(-1, 1)  # (a tensor DIV, which every delegate takes; 1.0 / x exports as reciprocal)
         new: State = {"frame_count": count if frames == 1 else count[:, -1:]}
-        x = self.conv1.step(x)[0]
+        x = self.conv1.step(x, layout=layout)[0]
         for name, blk in self.bnecks():
             buf_key = f"{name}_deep_buf"
             buf = state[buf_key] if blk.deep.conv_2 is not None else None
-            x, buf, mean = blk.step(x, buf, state[f"{name}_se_mean"], r, frames=frames)
+            x, buf, mean = blk.step(x, buf, state[f"{name}_se_mean"], r, frames=frames, layout=layout)
             if buf is not None:
                 new[buf_key] = buf
             new[f"{name}_se_mean"] = mean
-        x = self.conv7.step(x)[0]
-        m, new["head_mean"] = running_mean(spatial_mean(x), state["head_mean"], r, frames=frames,
+        x = self.conv7.step(x, layout=layout)[0]
+        m, new["head_mean"] = running_mean(layout.spatial_mean(x), state["head_mean"], r, frames=frames,
                                            saturating=self.pool_window is not None)
         return m, new
 
@@ -337,9 +356,10 @@ class MoViNetEnsemble(StreamModel):
     clip_layout = "N(T*C)HW"
 
     def __init__(self, spec: MoViNetSpec, *, num_classes: int = 600, input_size: int | None = None,
-                 num_frames: int | None = None, pool_window: int | None = None) -> None:
+                 num_frames: int | None = None, pool_window: int | None = None, step_layout: str = "nhwc") -> None:
         super().__init__()
-        kw = dict(num_classes=num_classes, input_size=input_size, num_frames=num_frames, pool_window=pool_window)
+        kw = dict(num_classes=num_classes, input_size=input_size, num_frames=num_frames, pool_window=pool_window,
+                  step_layout=step_layout)
         self.a = MoViNetStream(spec, **kw)  # type: ignore[arg-type]
         self.b = MoViNetStream(spec, **kw)  # type: ignore[arg-type]
         self.spec, self.num_classes, self.pool_window = spec, num_classes, pool_window
@@ -366,6 +386,10 @@ class MoViNetEnsemble(StreamModel):
         inner = self.a.state_layouts()
         return {**{f"{m}_{k}": v for m in "ab" for k, v in inner.items()}, "b_prev_logits": "NK"}
 
+    def with_step_layout(self, name: str) -> MoViNetEnsemble:
+        """This model, or a copy (same weights) whose members step in layout ``name``."""
+        return _with_step_layout(self, name)
+
     def init_state(self, batch_size: int = 1) -> State:
         state = {f"a_{k}": v for k, v in self.a.init_state(batch_size).items()}
         state.update({f"b_{k}": v for k, v in self.b.init_state(batch_size).items()})
@@ -381,6 +405,18 @@ class MoViNetEnsemble(StreamModel):
         new.update({f"b_{k}": v for k, v in sb.items()})
         new["b_prev_logits"] = lb
         return logits, new
+
+
+def _with_step_layout(model: M, name: str) -> M:
+    """``model`` if every stream MoViNet in it steps in layout ``name``, else a deep copy that does."""
+    layout = StepLayout(name)
+    if all(m.layout.name == name for m in model.modules() if isinstance(m, MoViNetStream)):
+        return model
+    other = copy.deepcopy(model)
+    for m in other.modules():
+        if isinstance(m, MoViNetStream):
+            m.layout = layout
+    return other
 
 
 def ensemble_checkpoint(a: Mapping[str, Tensor], b: Mapping[str, Tensor]) -> dict[str, Tensor]:

@@ -233,12 +233,21 @@ def test_stream_steps_equal_causal_clip(variant, one_thread):
 @pytest.mark.parametrize("name,options", [("movinet_a0_stream", {}), ("movinet_a0_stream", {"pool_window": 3}),
                                           ("movinet_a0_stream_ensemble", {})])
 def test_clip_form_equals_reference_path(name, options, one_thread):
-    """``forward`` (step's channels-last layers on all frames at once, the clip export) = the 5D reference path,
-    for a batch of 2 non-square clips, a saturating pool window and the ensemble's one-frame offset."""
+    """Inference ``forward`` (step's 4D layers on all frames at once: the clip export) in both step layouts = the
+    5D reference path, for a batch of 2 non-square clips, a saturating pool window and the ensemble's one-frame
+    offset; with autograd on, ``forward`` is the reference path itself and trains the parameters."""
     model = fill_model(M.create_model(name, input_size=64, **options))
     clip = torch.rand(2, 3, 7, 64, 48, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
-        assert (model(clip) - model.clip_logits(clip)[:, -1]).abs().max() < 1e-5
+        want = model.clip_logits(clip)[:, -1]
+        for layout in ("nhwc", "nchw"):
+            assert (model.with_step_layout(layout)(clip) - want).abs().max() < 1e-5, layout
+            stepped = stream_logits(model.with_step_layout(layout), clip)[:, -1]
+            assert (stepped - want).abs().max() < 1e-5, layout
+    logits = model(clip)
+    assert (logits.detach() - want).abs().max() < 1e-5
+    logits.square().sum().backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
 # -- the step graph is 4D only -----------------------------------------------------------------------------------------

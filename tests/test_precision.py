@@ -45,7 +45,7 @@ def _manifest(bundle: Path) -> dict:
 
 
 def _runner(bundle: Path):  # type: ignore[no-untyped-def]
-    from stexport.train import load_bundle_runner
+    from stexport.streaming import load_bundle_runner
 
     return load_bundle_runner(bundle, threads=1)
 

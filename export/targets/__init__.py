@@ -39,6 +39,9 @@ class Target:
     runtime: str
     description: str
     directory: bool = False  # the artifact is a folder (.mlpackage)
+    #: the layout of stream steps this runtime runs best, for models whose step has one (MoViNet streams):
+    #: LiteRT cancels NHWC permutes around its convs; the others would run them as transposes
+    step_layout: str = "nchw"
 
     def missing(self) -> list[str]:
         """Import names of this target's packages that are not installed."""
@@ -59,7 +62,7 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Target(name="onnx", suffix=".onnx", extra="onnx", requires=("onnx", "onnxruntime", "onnxsim"),
            precisions=("fp32", "fp16", "int8-dynamic", "int8"), runtime="onnxruntime",
            description="torch.onnx (TorchScript exporter, opset 17) + onnxsim; runs in ONNX Runtime"),
-    Target(name="tflite", suffix=".tflite", extra="tflite",
+    Target(name="tflite", suffix=".tflite", extra="tflite", step_layout="nhwc",
            requires=("litert_torch", "ai_edge_litert", "ai_edge_quantizer"),
            precisions=("fp32", "fp16", "int8-dynamic", "int8"), runtime="LiteRT Interpreter (XNNPACK)",
            description="litert-torch; signature serving_default; runs in LiteRT (ai-edge-litert)"),
