@@ -207,6 +207,32 @@ def test_clip_form_bundle_uses_the_pages_ring(browser: Browser, video: Path, tmp
     page.close()
 
 
+def test_trained_motion7_bundle_recognises_motion(browser: Browser, tmp_path: Path) -> None:
+    """The shipped, trained motion7 MoViNet exported to ONNX, in the page: on one test clip of each class (a fresh
+    stream each) the page's per-frame logits match onnxruntime, and its last-frame top-1 names the clip's motion."""
+    import stexport
+    from stexport import motion
+
+    bundle = stexport.export("movinet_a0_stream_motion7", target="onnx", out=tmp_path / "out",
+                             progress=lambda s: None)
+    labels = (bundle / "labels.txt").read_text().splitlines()
+    assert labels == list(motion.CLASSES)
+    named = []
+    for k in range(len(motion.CLASSES)):
+        frames, label = motion.motion_clip(k)
+        folder = tmp_path / f"clip{k}"
+        folder.mkdir()
+        (folder / "frames.rgb").write_bytes(np.ascontiguousarray(frames).tobytes())
+        page, res = _run_page(browser, bundle, frames, folder, f"motion{k}")
+        _check_parity(res["logits"], ort_reference(bundle, frames), f"motion7 test clip {k} ({labels[label]})")
+        named.append(labels[int(np.argmax(res["logits"][-1]))] == labels[label])
+        assert page.locator("#top5 li .label").first.inner_text() in labels
+        page.close()
+    print(f"the page's top-1 names the motion in {sum(named)} of {len(named)} clips")
+    assert sum(named) >= len(named) - 1, named  # the model scores 99.4% on the test split
+    assert not browser.errors, browser.errors
+
+
 def test_video_file_path_streams_frames(browser: Browser, video: Path) -> None:
     """The people's path: an HTMLVideoElement seeked frame by frame, drawn to a canvas, cropped and normalised."""
     bundle = ds.stream_bundle("onnx")

@@ -87,36 +87,41 @@ class Runner:
 
 
 class BindingStepper:
-    """ONNX Runtime ``IOBinding``: the state lives in ``OrtValue``s; each step's state outputs are bound as the
-    next step's state inputs (swapped, not copied), only the frame is bound from numpy and the logits read."""
+    """ONNX Runtime ``IOBinding``: the state lives in two sets of ``OrtValue``s, A and B, and two bindings read A
+    and write B, or the reverse; steps alternate between them, so the state is never copied. Only the frame is
+    bound from numpy and the logits read."""
 
     def __init__(self, session: Any, spec: IOSpec) -> None:
         import onnxruntime as ort
 
         self.session, self.spec = session, spec
-        self._io = session.io_binding()
 
         def zeros(shape: tuple[int, ...]) -> Any:
             return ort.OrtValue.ortvalue_from_numpy(np.zeros(shape, np.float32))
 
-        self._ins = {s.name: zeros(s.shape) for s in spec.states}
-        self._outs = {s.name: zeros(s.shape) for s in spec.states}
+        a, b = ({s.name: zeros(s.shape) for s in spec.states} for _ in range(2))
         self._logits = zeros(next(t for t in spec.outputs if t.name == "logits").shape)
-        self._io.bind_ortvalue_output("logits", self._logits)
-        for t in spec.outputs:
-            if t.name != "logits" and t.role != "state_out":
-                self._io.bind_output(t.name)
+        self._bindings = []
+        for src, dst in ((a, b), (b, a)):
+            io = session.io_binding()
+            for s in spec.states:
+                io.bind_ortvalue_input(s.name, src[s.name])
+                io.bind_ortvalue_output(s.output, dst[s.name])
+            io.bind_ortvalue_output("logits", self._logits)
+            for t in spec.outputs:
+                if t.name != "logits" and t.role != "state_out":
+                    io.bind_output(t.name)
+            self._bindings.append((io, dst))
+        self._turn = 0
 
     def step(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
-        io = self._io
+        io, _ = self._bindings[self._turn]
         for name, value in feeds.items():
             io.bind_cpu_input(name, np.ascontiguousarray(value))
-        for s in self.spec.states:
-            io.bind_ortvalue_input(s.name, self._ins[s.name])
-            io.bind_ortvalue_output(s.output, self._outs[s.name])
         self.session.run_with_iobinding(io)
-        self._ins, self._outs = self._outs, self._ins
+        self._turn ^= 1
         return np.array(self._logits.numpy())
 
     def state(self) -> dict[str, np.ndarray]:
-        return {k: np.array(v.numpy()) for k, v in self._ins.items()}
+        current = self._bindings[self._turn ^ 1][1]  # what the last step wrote
+        return {k: np.array(v.numpy()) for k, v in current.items()}
