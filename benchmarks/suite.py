@@ -152,7 +152,8 @@ def _export_all(module: VideoModel, targets: Sequence[str], precisions: Sequence
                     ex.manifest = json.loads((ex.bundle / "manifest.json").read_text())
                     ex.total_seconds = round(time.perf_counter() - t0, 2)
                 except Exception as e:  # a failed export is a result row, the suite goes on
-                    ex.status, ex.error = ("skipped" if type(e).__name__ == "MissingExtraError" else "failed",
+                    skip = type(e).__name__ in ("MissingExtraError", "UnsupportedModelError")  # not a failure
+                    ex.status, ex.error = ("skipped" if skip else "failed",
                                            f"{type(e).__name__}: {e}")
             if ex.error:
                 bar.write(f"  {target} {precision}: {ex.status}: {ex.error.splitlines()[0][:300]}")

@@ -21,3 +21,7 @@ class ParityError(StexportError):
 
 class UnsupportedPrecisionError(StexportError):
     """The target does not offer the requested precision (the message lists the ones it does)."""
+
+
+class UnsupportedModelError(StexportError):
+    """The target cannot express this model (the message names the targets or variants that can)."""

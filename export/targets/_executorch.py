@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from stexport.calibration import Calibration
-from stexport.errors import StexportError
+from stexport.errors import UnsupportedModelError
 from stexport.manifest import package_version
 from stexport.spec import GraphModule, IOSpec
 
@@ -19,9 +19,9 @@ from stexport.spec import GraphModule, IOSpec
 def convert(graph: GraphModule, spec: IOSpec, path: Path, *, precision: str, metadata: dict[str, str],
             calibration: Calibration | None = None) -> dict[str, Any]:
     if any(isinstance(m, torch.nn.Conv3d) for m in graph.modules()):
-        raise StexportError("ExecuTorch has no 3D convolution (its XNNPACK delegate and portable kernels take 4D "
-                            "tensors), and this model uses Conv3d: export it to onnx, tflite or coreml, or export "
-                            "its 4D stream variant (movinet_aN_stream) to executorch")
+        raise UnsupportedModelError("ExecuTorch has no 3D convolution (its XNNPACK delegate and portable kernels "
+                                    "take 4D tensors), and this model uses Conv3d: export it to onnx, tflite or "
+                                    "coreml, or export its 4D stream variant (movinet_aN_stream) to executorch")
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
