@@ -56,7 +56,7 @@ def _reference(name: str, data: tuple[np.ndarray, np.ndarray]) -> dict[str, np.n
 
 
 def _time_ms(run: Any, feeds: list[dict[str, np.ndarray]], spec: Any, *, calls: int, warmup: int = 10) -> float:
-    state = {s.name: np.zeros(s.shape, np.float32) for s in spec.states}
+    state = spec.zero_state()
     times = []
     for i in range(warmup + calls):
         f = {**feeds[i % len(feeds)], **state}
@@ -65,7 +65,7 @@ def _time_ms(run: Any, feeds: list[dict[str, np.ndarray]], spec: Any, *, calls: 
         dt = time.perf_counter() - t0
         state = {s.name: np.asarray(out[s.output], np.float32) for s in spec.states}
         if i % len(feeds) == len(feeds) - 1:
-            state = {s.name: np.zeros(s.shape, np.float32) for s in spec.states}
+            state = spec.zero_state()
         if i >= warmup:
             times.append(dt)
     return float(f"{1e3 * np.median(times):.4g}")
@@ -140,7 +140,7 @@ def drift(name: str, frames: int, workdir: Path) -> dict[str, Any]:
     from stexport import motion
     from stexport.frames import preprocess
     from stexport.models import get_entry
-    from stexport.streaming import load_bundle_runner, stepper
+    from stexport.streaming import open_stream
 
     entry = get_entry(name)
     model32 = stexport.create_model(name)
@@ -148,14 +148,13 @@ def drift(name: str, frames: int, workdir: Path) -> dict[str, Any]:
     n_clips = -(-frames // motion.FRAMES)
     clips, _ = motion.motion_clips(range(n_clips), split="test", size=entry.input_size)
     video = clips.reshape(-1, *clips.shape[2:])[:frames]
-    runners = {}
+    streams = {}  # each artifact's own state contract, kept in its runtime
     for t, p in DRIFT_RUNTIMES:
         bundle = stexport.export(name, target=t, precision=p, out=workdir / f"drift-{t}-{p}", progress=lambda s: None)
-        runners[f"{t} {p}"] = load_bundle_runner(bundle, threads=1)[0]
-    streams = {k: stepper(r) for k, r in runners.items()}  # each artifact's own state contract, kept in its runtime
+        streams[f"{t} {p}"] = open_stream(bundle, threads=1)
     s32 = model32.init_state(1)
     s64 = {k: v.double() for k, v in model32.init_state(1).items()}
-    names = [*runners, "pytorch float32"]
+    names = [*streams, "pytorch float32"]
     errs: dict[str, list[float]] = {k: [] for k in names}
     agree: dict[str, int] = dict.fromkeys(names, 0)
     last: dict[str, np.ndarray] = {}

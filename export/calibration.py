@@ -166,7 +166,7 @@ def build_calibration(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarra
     for seq in seqs:
         x = preprocess(seq, pre)
         if streaming:
-            state = {s.name: np.zeros(s.shape, np.float32) for s in spec.states}
+            state = spec.zero_state()
             for i in range(x.shape[0]):
                 feeds = {"frame": x[i:i + 1].contiguous().numpy(), **state}
                 samples.append(feeds)
@@ -211,28 +211,25 @@ def state_path(nodes: Iterable[Node], state_inputs: Iterable[str], state_outputs
             consumers.setdefault(t, []).append(n)
         for t in n.outputs:
             producer[t] = n
-    forward: set[str] = set()
-    todo = list(state_inputs)
+    forward = _reach(state_inputs, lambda t: consumers.get(t, []), lambda n: n.outputs, weighted)
+    backward = _reach(state_outputs, lambda t: [producer[t]] if t in producer else [], lambda n: n.inputs, weighted)
+    return forward & backward
+
+
+def _reach(starts: Iterable[str], nodes_at: Callable[[str], Sequence[Node]], onward: Callable[[Node], Sequence[str]],
+           weighted: Callable[[str], bool]) -> set[str]:
+    """Names of the nodes with no weights reachable from the tensors ``starts``: ``nodes_at(tensor)`` gives the
+    nodes one step on, ``onward(node)`` the tensors beyond a node (its outputs walking forward, inputs backward)."""
+    found: set[str] = set()
+    todo = list(starts)
     seen = set(todo)
     while todo:
-        for n in consumers.get(todo.pop(), []):
-            if weighted(n.op) or n.name in forward:
+        for n in nodes_at(todo.pop()):
+            if weighted(n.op) or n.name in found:
                 continue
-            forward.add(n.name)
-            for t in n.outputs:
+            found.add(n.name)
+            for t in onward(n):
                 if t not in seen:
                     seen.add(t)
                     todo.append(t)
-    backward: set[str] = set()
-    todo = list(state_outputs)
-    seen = set(todo)
-    while todo:
-        n = producer.get(todo.pop())  # type: ignore[assignment]
-        if n is None or weighted(n.op) or n.name in backward:
-            continue
-        backward.add(n.name)
-        for t in n.inputs:
-            if t not in seen:
-                seen.add(t)
-                todo.append(t)
-    return forward & backward
+    return found

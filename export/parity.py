@@ -61,7 +61,7 @@ def feeds_for(spec: IOSpec, data: torch.Tensor) -> list[dict[str, np.ndarray]]:
 
 def run_loop(run: Any, spec: IOSpec, steps: list[dict[str, np.ndarray]]) -> Trace:
     """Run ``run(feeds) -> outputs`` over ``steps``, starting from zero state and carrying ``*_out`` back."""
-    state = {s.name: np.zeros(s.shape, np.float32) for s in spec.states}
+    state = spec.zero_state()
     trace = Trace([], [])
     for step in steps:
         feeds = {**step, **state}

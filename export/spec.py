@@ -12,6 +12,7 @@ import types
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -81,6 +82,10 @@ class IOSpec:
         states = tuple(StateSpec(s["name"], s["output"], tuple(s["shape"]), s.get("dtype", "float32"),
                                  s.get("init", "zeros"), s.get("layout", "")) for s in d.get("states", []))
         return cls(d["form"], tuple(tensor(t) for t in d["inputs"]), tuple(tensor(t) for t in d["outputs"]), states)
+
+    def zero_state(self) -> dict[str, np.ndarray]:
+        """Every state at its init (zeros), float32 numpy, by name: where a stream starts."""
+        return {s.name: np.zeros(s.shape, np.float32) for s in self.states}
 
     def example_inputs(self, *, seed: int = 0) -> dict[str, Tensor]:
         """Tracing inputs: a random frame/clip and zero states (shapes only matter)."""

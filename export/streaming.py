@@ -38,17 +38,12 @@ class Stepper(Protocol):
         ...
 
 
-def zero_state(spec: IOSpec) -> dict[str, np.ndarray]:
-    """Every state of ``spec`` at its init (zeros), float32."""
-    return {s.name: np.zeros(s.shape, np.float32) for s in spec.states}
-
-
 class CopyStepper:
     """Through ``run``: the state goes out to numpy and back in every step (what any runner can do)."""
 
     def __init__(self, run: RunFn, spec: IOSpec) -> None:
         self._run, self.spec = run, spec
-        self._state = zero_state(spec)
+        self._state = spec.zero_state()
 
     def step(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         out = self._run({**feeds, **self._state})

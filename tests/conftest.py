@@ -6,6 +6,8 @@ import json
 import os
 import sys
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,31 @@ ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = Path(os.environ.get("STX_FIXTURES", ROOT.parent / "shared" / "reference"))
 
 torch.set_num_threads(int(os.environ.get("STX_TEST_THREADS", "2")))
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    """Per-frame steps of a small model are tiny ops: intra-op threads only add synchronisation (and stall badly on
+    a busy machine), so those tests run on one thread."""
+    with torch_threads(1):
+        yield
+
+
+@pytest.fixture(scope="module")
+def one_thread_per_module() -> Iterator[None]:
+    """`one_thread` for a whole module (``pytestmark = pytest.mark.usefixtures(...)``), its module fixtures too."""
+    with torch_threads(1):
+        yield
 
 
 def fill_value(key: str, shape: tuple[int, ...]) -> np.ndarray:

@@ -48,7 +48,7 @@ def _run_fixture(model: torch.nn.Module, runner, fix: dict, output: str) -> np.n
     x = torch.from_numpy(clip_input(fix))
     if model.streaming:
         spec = runner.spec  # the artifact's own contract (state shapes follow the target's step layout)
-        state = {s.name: np.zeros(s.shape, np.float32) for s in spec.states}
+        state = spec.zero_state()
         outs = []
         for t in range(x.shape[2]):
             res = runner.run({"frame": x[:, :, t].contiguous().numpy(), **state})

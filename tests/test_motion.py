@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,13 +18,7 @@ TRAINED = ("movinet_a0_stream_motion7", "tsm_mobilenetv2_online_motion7")
 SUBSET = 105  # the first 105 test clips, 15 per class
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    """These small models run several times faster on one thread when the CPU is shared."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")  # small models: one thread is several times faster
 
 
 @pytest.fixture(scope="module")

@@ -102,16 +102,6 @@ def _float64_depthwise_conv2d(conv2d):
     return wrapped
 
 
-@pytest.fixture
-def one_thread():
-    """Per-frame steps of a small model are tiny ops: intra-op threads only add synchronisation (and stall badly on
-    a busy machine), so the long runs use one thread."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 # -- registry ----------------------------------------------------------------------------------------------------------
 def test_registry_entries():
     names = {n for n, e in M.entries().items() if e.origin == M.movinet.ORIGIN}  # type: ignore[attr-defined]

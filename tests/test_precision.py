@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +31,7 @@ from stexport.targets import PRECISIONS, TARGETS
 FIXTURE_TOL = {("tflite", "fp16"): 5e-4, ("onnx", "int8-dynamic"): 2.5e-2}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 def _manifest(bundle: Path) -> dict:
@@ -202,7 +196,7 @@ def test_a0_stream_fixture_in_reduced_precision(tmp_path: Path, target: str, pre
     _assert_float32_boundary(bundle)
     runner, spec, _ = _runner(bundle)
     x = clip_input(fix)
-    state = {s.name: np.zeros(s.shape, np.float32) for s in spec.states}
+    state = spec.zero_state()
     outs = []
     for t in range(x.shape[2]):
         res = runner.run({"frame": np.ascontiguousarray(x[:, :, t]), **state})

@@ -101,7 +101,7 @@ def test_stepper_keeps_state_in_the_runtime(tmp_path: Path, target: str) -> None
     """`stexport.streaming.stepper`: the runtime's own state loop (LiteRT tensor buffers, ORT IOBinding; a copying
     loop elsewhere) gives exactly the logits and state of the stateless ``run`` with the state passed by hand."""
     from stexport.spec import IOSpec
-    from stexport.streaming import stepper, zero_state
+    from stexport.streaming import stepper
 
     bundle = _export(TinyStream().eval(), target, tmp_path)
     manifest = json.loads((bundle / "manifest.json").read_text())
@@ -109,7 +109,7 @@ def test_stepper_keeps_state_in_the_runtime(tmp_path: Path, target: str) -> None
     runner = TARGETS[target].load().Runner(bundle / manifest["artifact"]["file"], spec)
     fast = stepper(runner)
     assert type(fast).__name__ == {"onnx": "BindingStepper", "tflite": "BufferStepper"}.get(target, "CopyStepper")
-    state = zero_state(spec)
+    state = spec.zero_state()
     g = torch.Generator().manual_seed(4)
     for _ in range(7):
         frame = torch.rand(spec.inputs[0].shape, generator=g).numpy()
