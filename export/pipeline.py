@@ -97,8 +97,8 @@ def export(model: str | torch.nn.Module, *, target: str, out: str | Path = "out"
     if callable(refold):
         refold()
     in_layout = getattr(vm, "with_step_layout", None)  # a step with a layout choice: the target's (a copy if new)
-    if callable(in_layout):
-        vm = in_layout(tgt.step_layout)
+    if callable(in_layout):  # full int8: the op forms that integer kernels run
+        vm = in_layout(tgt.step_layout, integer=precision in CALIBRATED)
     form = form or ("stream" if vm.streaming else "clip")
     spec = build_spec(vm, form=form)
     graph = GraphModule(vm, spec).eval()

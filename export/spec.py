@@ -42,10 +42,13 @@ class StateSpec:
     dtype: str = "float32"
     init: str = "zeros"
     layout: str = ""
+    #: "buffer" (a delayed copy of an activation) or "accumulator" (running means, counters); see
+    #: `VideoModel.state_kinds`
+    kind: str = "accumulator"
 
     def to_json(self) -> dict[str, Any]:
         return {"name": self.name, "output": self.output, "shape": list(self.shape), "dtype": self.dtype,
-                "init": self.init, **({"layout": self.layout} if self.layout else {})}
+                "init": self.init, **({"layout": self.layout} if self.layout else {}), "kind": self.kind}
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,8 @@ class IOSpec:
                               t.get("role", ""), t.get("init"))
 
         states = tuple(StateSpec(s["name"], s["output"], tuple(s["shape"]), s.get("dtype", "float32"),
-                                 s.get("init", "zeros"), s.get("layout", "")) for s in d.get("states", []))
+                                 s.get("init", "zeros"), s.get("layout", ""), s.get("kind", "accumulator"))
+                       for s in d.get("states", []))
         return cls(d["form"], tuple(tensor(t) for t in d["inputs"]), tuple(tensor(t) for t in d["outputs"]), states)
 
     def zero_state(self) -> dict[str, np.ndarray]:
@@ -119,6 +123,7 @@ def build_spec(model: nn.Module, *, form: Form, batch_size: int = 1) -> IOSpec:
         return IOSpec("clip", (clip,), (logits, *extra_specs))
     init = model.init_state(batch_size)  # type: ignore[operator]
     layouts: dict[str, str] = model.state_layouts() if hasattr(model, "state_layouts") else {}  # type: ignore[operator]
+    kinds: dict[str, str] = model.state_kinds()  # type: ignore[operator]
     states = []
     for name, value in init.items():
         if not name.isidentifier() or name.lower() != name or name in ("frame", "logits", "clip"):
@@ -128,7 +133,8 @@ def build_spec(model: nn.Module, *, form: Form, batch_size: int = 1) -> IOSpec:
         if torch.count_nonzero(value) != 0:
             raise ValueError(f"state {name!r} does not start at zero")
         states.append(StateSpec(name, f"{name}_out", tuple(value.shape), str(value.dtype).replace("torch.", ""),
-                                layout=layouts.get(name) or _state_layout(tuple(value.shape))))
+                                layout=layouts.get(name) or _state_layout(tuple(value.shape)),
+                                kind=kinds.get(name, "accumulator")))
     frame = TensorSpec("frame", (batch_size, 3, h, w), layout="NCHW", role="frame")
     ins = (frame, *(TensorSpec(s.name, s.shape, s.dtype, s.layout, "state", "zeros") for s in states))
     outs = (logits, *(TensorSpec(s.output, s.shape, s.dtype, s.layout, "state_out") for s in states))

@@ -82,6 +82,12 @@ class VideoModel(nn.Module):
     def frame_size(self) -> tuple[int, int]:
         return (self.input_size, self.input_size)
 
+    def state_kinds(self) -> dict[str, str]:
+        """What each state is, for quantized exports: ``"buffer"`` (a delayed copy of an activation or of the
+        input, carried in that tensor's quantization) or ``"accumulator"`` (running means, counters: kept float).
+        A state not named here is an accumulator."""
+        return {}
+
     def check_frame(self, frame: Tensor) -> None:
         """Raise a clear error for a frame that is not ``[N, 3, H, W]`` of the model's dtype (float32 as built)."""
         if frame.dim() != 4 or frame.shape[1] != 3:
@@ -109,6 +115,9 @@ class ClipModel(VideoModel):
     def init_state(self, batch_size: int = 1) -> State:
         h, w = self.frame_size()
         return {"frames": torch.zeros(batch_size, 3 * self.num_frames, h, w)}
+
+    def state_kinds(self) -> dict[str, str]:
+        return {"frames": "buffer"}
 
     def push_frame(self, buf: Tensor, frame: Tensor) -> Tensor:
         """Drop the oldest frame from the packed buffer ``[N, 3*T, H, W]`` and append ``frame`` ``[N, 3, H, W]``."""

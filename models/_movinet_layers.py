@@ -40,24 +40,35 @@ def is_tracing() -> bool:
 
 
 class StepLayout:
-    """Where the channels of ``step``'s 4D tensors are. ``"nhwc"`` (``[N, H, W, C]``): LiteRT's own layout, whose
-    converter cancels the permutes around each conv, so the graph has no layout transposes. ``"nchw"``
-    (``[N, C, H, W]``): PyTorch's, for runtimes that take NCHW graphs and convert once inside (ExecuTorch's XNNPACK
-    partitioner, ONNX Runtime, Core ML): there the permutes of the NHWC form would run as real transposes. Frames
-    in a causal-conv buffer stack along H in both."""
+    """How ``step``'s 4D graph is written for a runtime: where the channels are, and which op forms it uses.
 
-    def __init__(self, name: str) -> None:
+    ``"nhwc"`` (``[N, H, W, C]``): LiteRT's own layout, whose converter cancels the permutes around each conv, so the
+    graph has no layout transposes. ``"nchw"`` (``[N, C, H, W]``): PyTorch's, for runtimes that take NCHW graphs and
+    convert once inside (ExecuTorch's XNNPACK partitioner, ONNX Runtime, Core ML): there the permutes of the NHWC
+    form would run as real transposes. Frames in a causal-conv buffer stack along H in both.
+
+    ``integer=True`` writes the step with ops that integer (int8) kernels run, for full-integer exports: hard-swish
+    as ``relu6(x + 3) * x / 6`` (three int8 elementwise ops; XNNPACK has no int8 HARD_SWISH), spatial means as
+    MEAN, and the strided residual average pool as a depthwise conv. The float form keeps the single fused ops."""
+
+    def __init__(self, name: str, *, integer: bool = False) -> None:
         if name not in ("nhwc", "nchw"):
             raise ValueError(f"step layout must be 'nhwc' or 'nchw', got {name!r}")
-        self.name, self.channels_last = name, name == "nhwc"
+        self.name, self.channels_last, self.integer = name, name == "nhwc", integer
         self.h_axis = 1 if self.channels_last else 2
         self.buffer_layout = "N(T*H)WC" if self.channels_last else "NC(T*H)W"
+
+    def __repr__(self) -> str:
+        return f"StepLayout({self.name!r}, integer={self.integer})"
 
     def from_nchw(self, x: Tensor) -> Tensor:
         return x.permute(0, 2, 3, 1) if self.channels_last else x
 
     def hw(self, x: Tensor) -> tuple[int, int]:
         return (int(x.shape[1]), int(x.shape[2])) if self.channels_last else (int(x.shape[2]), int(x.shape[3]))
+
+    def channels(self, x: Tensor) -> int:
+        return int(x.shape[3]) if self.channels_last else int(x.shape[1])
 
     def buffer_shape(self, rows: int, w: int, c: int) -> tuple[int, int, int]:
         """A buffer of ``rows`` stacked frame rows, without batch."""
@@ -78,16 +89,27 @@ class StepLayout:
         pl, pr, pt, pb = pads
         return F.pad(x, (0, 0, pl, pr, pt, pb)) if self.channels_last else F.pad(x, pads)
 
-    def avg_pool(self, x: Tensor, kernel: int | tuple[int, int], stride: int | None = None) -> Tensor:
+    def avg_pool(self, x: Tensor, kernel: int | tuple[int, int], stride: int | None = None, *,
+                 padding: int | tuple[int, int] = 0, ceil_mode: bool = False, count_include_pad: bool = True
+                 ) -> Tensor:
         if not self.channels_last:
-            return F.avg_pool2d(x, kernel, stride)
-        return F.avg_pool2d(x.permute(0, 3, 1, 2), kernel, stride).permute(0, 2, 3, 1)
+            return F.avg_pool2d(x, kernel, stride, padding, ceil_mode, count_include_pad)
+        y = F.avg_pool2d(x.permute(0, 3, 1, 2), kernel, stride, padding, ceil_mode, count_include_pad)
+        return y.permute(0, 2, 3, 1)
+
+    def act(self, x: Tensor, kind: Act) -> Tensor:
+        """`activation` in this step form (hard-swish decomposed for integer kernels; written so that the TFLite
+        converter does not fuse it back into HARD_SWISH)."""
+        if kind == "hardswish" and self.integer:
+            return F.relu6(x + 3.0) * x * (1.0 / 6.0)
+        return activation(x, kind)
 
     def spatial_mean(self, x: Tensor) -> Tensor:
-        """``[N, C]``, as a whole-frame average pool: the one form that LiteRT (channels-last, no transposes) and
-        ExecuTorch's XNNPACK partitioner both take in full. (ONNX gets a plain ReduceMean.)"""
+        """``[N, C]``. Float: a whole-frame average pool, the one form that LiteRT (channels-last, no transposes)
+        and ExecuTorch's XNNPACK partitioner both take in full (ONNX gets a plain ReduceMean). Integer: MEAN, which
+        XNNPACK runs in int8 (its average pool is float only)."""
         dims = (1, 2) if self.channels_last else (2, 3)
-        if torch.onnx.is_in_onnx_export():
+        if self.integer or torch.onnx.is_in_onnx_export():
             return x.mean(dims)
         return self.avg_pool(x, self.hw(x)).flatten(1)
 
@@ -142,15 +164,18 @@ def make_divisible(value: float, divisor: int = 8) -> int:
     return out + divisor if out < 0.9 * value else out
 
 
-def running_mean(s: Tensor, mean: Tensor, r: Tensor, *, frames: int = 1, saturating: bool = False
-                 ) -> tuple[Tensor, Tensor]:
+def running_mean(s: Tensor, mean: Tensor, r: Tensor, *, frames: int = 1, saturating: bool = False,
+                 apart: bool = False) -> tuple[Tensor, Tensor]:
     """The cumulative pool of ``step``: ``s [N*F, C]`` per-frame values of F consecutive frames (frame-major),
     ``mean [N, C]`` over the frames before, ``r [N*F, 1]`` = 1 / count at each frame -> (the mean at each frame
     ``[N*F, C]``, the mean after the last frame ``[N, C]``). Each frame: ``m += (s - m) * r``. For F > 1 and a
-    count that only grows, that is one cumsum; a count ``saturating`` at a window runs the recurrence per frame."""
+    count that only grows, that is one cumsum; a count ``saturating`` at a window runs the recurrence per frame.
+
+    ``apart`` (F = 1): the first result is the same values computed by other ops, so that what reads it does not
+    read the state output (an int8 op reading a graph output must stay float in LiteRT, see `_tflite_quant`)."""
     if frames == 1:
         m = mean + (s - mean) * r  # (not torch.lerp: exporters expand it into ~8 ops)
-        return m, m
+        return (mean - (mean - s) * r if apart else m), m  # bit-identical: a - (-d) == a + d in IEEE
     c = s.shape[1]
     s3, r3 = s.reshape(-1, frames, c), r.reshape(-1, frames, 1)
     if saturating:
@@ -300,15 +325,15 @@ class ConvBlock(nn.Module):
         pad = (pt, pl)
         if pl != pr or pt != pb:
             x, pad = layout.pad(x, pads), (0, 0)
-        y = activation(layout.conv(x, self.fused_w1, self.fused_b1, stride=self.stride, padding=pad,
-                                   groups=self.groups), self.act)
+        y = layout.act(layout.conv(x, self.fused_w1, self.fused_b1, stride=self.stride, padding=pad,
+                               groups=self.groups), self.act)
         if self.conv_2 is None:
             return y, None
         assert buf is not None
         h = layout.hw(y)[0]
         z = torch.cat([buf, layout.stack(y, frames)], layout.h_axis)
         out = layout.conv(z, self.fused_w2, self.fused_b2, dilation=(h, 1), groups=self.groups)
-        return layout.unstack(activation(out, self.act), frames, h), layout.rows_from(z, frames * h)
+        return layout.unstack(layout.act(out, self.act), frames, h), layout.rows_from(z, frames * h)
 
 
 class TfAvgPool(nn.Module):
@@ -319,6 +344,7 @@ class TfAvgPool(nn.Module):
 
     def __init__(self, in_size: tuple[int, int] | None = None) -> None:
         super().__init__()
+        self.in_size = in_size
         self.register_buffer("corr", None if in_size is None else self.correction(*in_size), persistent=False)
 
     @staticmethod
@@ -332,9 +358,10 @@ class TfAvgPool(nn.Module):
         return (9.0 / (rows[:, None] * cols[None, :]))[None, None].to(dtype=dtype, device=device)
 
     def _corr(self, h: int, w: int, x: Tensor) -> Tensor:
-        """The correction for ``h x w`` inputs, in ``x``'s dtype and device."""
+        """The correction for ``h x w`` inputs, in ``x``'s dtype and device (the cached one is for ``in_size``:
+        another input size with the same output size, e.g. 4x3 and 4x4, has other counts)."""
         corr = self.corr
-        if corr is None or tuple(corr.shape[-2:]) != (same_out(h, 2), same_out(w, 2)) or corr.dtype != x.dtype:
+        if corr is None or self.in_size != (h, w) or corr.dtype != x.dtype:
             corr = self.correction(h, w, x.dtype, x.device)
         return corr
 
@@ -352,10 +379,21 @@ class TfAvgPool(nn.Module):
         return (y * self._corr(h, w, x)).reshape(n, c, t, y.shape[-2], y.shape[-1])
 
     def step(self, x: Tensor, *, layout: StepLayout = NHWC) -> Tensor:
-        """``[N, H, W, C]`` -> ``[N, ceil(H/2), ceil(W/2), C]`` (or NCHW, ``layout``): zero pad, average, rescale
-        by the valid count (3 ops that every delegate runs)."""
+        """``[N, H, W, C]`` -> ``[N, ceil(H/2), ceil(W/2), C]`` (or NCHW, ``layout``). LiteRT (float NHWC): one
+        average pool that excludes the padding from the count, written so that it converts to TFLite's SAME pool
+        (TF-"same" pads before by ``p`` in {0, 1} and after by 1: torch's ``padding=p`` with ``ceil_mode``). Others:
+        zero pad, average, rescale by the valid count (3 ops that every delegate runs); integer: the average as a
+        depthwise conv (XNNPACK's average pool is float only)."""
         h, w = layout.hw(x)
-        y = layout.avg_pool(layout.pad(x, self._pads(h, w)), 3, 2)
+        pads = self._pads(h, w)
+        if layout.integer:
+            c = layout.channels(x)
+            weight = x.new_full((c, 1, 3, 3), 1.0 / 9.0)
+            y = layout.conv(layout.pad(x, pads), weight, x.new_zeros(c), stride=2, groups=c)
+        elif layout.channels_last:
+            return layout.avg_pool(x, 3, 2, padding=(pads[2], pads[0]), ceil_mode=True, count_include_pad=False)
+        else:
+            y = layout.avg_pool(layout.pad(x, pads), 3, 2)
         return y * layout.from_nchw(self._corr(h, w, x))
 
 
@@ -414,7 +452,7 @@ class SqueezeExcite(nn.Module):
         means, ``r = 1 / count [N*F, 1]`` -> (``x * gate / out_scale``, updated mean; see `running_mean`)."""
         s = layout.spatial_mean(x)
         m, last = running_mean(s, mean, r, frames=frames, saturating=self.pool_window is not None)
-        g = activation(F.linear(torch.cat([m, s], 1), self.fused_w1, self.fused_b1), self.act)
+        g = layout.act(F.linear(torch.cat([m, s], 1), self.fused_w1, self.fused_b1), self.act)
         g = F.linear(g, self.fused_w2, self.fused_b2)
         g = F.relu6(g) if self.gate == "hardsigmoid" else torch.sigmoid(g)
         return x * layout.per_channel(g), last

@@ -251,9 +251,16 @@ class MoViNetStream(_Trunk, StreamModel):
         return {name: self.layout.buffer_layout if name.endswith("_deep_buf") else "NC"
                 for name, _ in self.state_layout()}
 
-    def with_step_layout(self, name: str) -> MoViNetStream:
-        """This model, or a copy (same weights) whose ``step`` runs in layout ``name`` (`StepLayout`)."""
-        return _with_step_layout(self, name)
+    def state_kinds(self) -> dict[str, str]:
+        """``"buffer"`` for the causal-conv buffers (delayed copies of an activation: a full-integer export carries
+        them in that activation's quantization), ``"accumulator"`` for the frame count and the running means (kept
+        float: an int8 running mean would stop moving once its updates fall under one quantization step)."""
+        return {name: "buffer" if name.endswith("_deep_buf") else "accumulator" for name, _ in self.state_layout()}
+
+    def with_step_layout(self, name: str, *, integer: bool = False) -> MoViNetStream:
+        """This model, or a copy (same weights) whose ``step`` runs in layout ``name`` with integer-kernel op forms
+        or not (`StepLayout`)."""
+        return _with_step_layout(self, name, integer=integer)
 
     def init_state(self, batch_size: int = 1) -> State:
         w = self.conv1.conv_1.conv.weight
@@ -329,7 +336,7 @@ class MoViNetStream(_Trunk, StreamModel):
             new[f"{name}_se_mean"] = mean
         x = self.conv7.step(x, layout=layout)[0]
         m, new["head_mean"] = running_mean(layout.spatial_mean(x), state["head_mean"], r, frames=frames,
-                                           saturating=self.pool_window is not None)
+                                           saturating=self.pool_window is not None, apart=layout.integer)
         return m, new
 
     def _classify(self, m: Tensor) -> Tensor:
@@ -386,9 +393,13 @@ class MoViNetEnsemble(StreamModel):
         inner = self.a.state_layouts()
         return {**{f"{m}_{k}": v for m in "ab" for k, v in inner.items()}, "b_prev_logits": "NK"}
 
-    def with_step_layout(self, name: str) -> MoViNetEnsemble:
-        """This model, or a copy (same weights) whose members step in layout ``name``."""
-        return _with_step_layout(self, name)
+    def state_kinds(self) -> dict[str, str]:
+        inner = self.a.state_kinds()
+        return {**{f"{m}_{k}": v for m in "ab" for k, v in inner.items()}, "b_prev_logits": "accumulator"}
+
+    def with_step_layout(self, name: str, *, integer: bool = False) -> MoViNetEnsemble:
+        """This model, or a copy (same weights) whose members step in layout ``name`` (see `MoViNetStream`)."""
+        return _with_step_layout(self, name, integer=integer)
 
     def init_state(self, batch_size: int = 1) -> State:
         state = {f"a_{k}": v for k, v in self.a.init_state(batch_size).items()}
@@ -407,10 +418,11 @@ class MoViNetEnsemble(StreamModel):
         return logits, new
 
 
-def _with_step_layout(model: M, name: str) -> M:
-    """``model`` if every stream MoViNet in it steps in layout ``name``, else a deep copy that does."""
-    layout = StepLayout(name)
-    if all(m.layout.name == name for m in model.modules() if isinstance(m, MoViNetStream)):
+def _with_step_layout(model: M, name: str, *, integer: bool) -> M:
+    """``model`` if every stream MoViNet in it steps in that form already, else a deep copy that does."""
+    layout = StepLayout(name, integer=integer)
+    streams = [m for m in model.modules() if isinstance(m, MoViNetStream)]
+    if all((m.layout.name, m.layout.integer) == (name, integer) for m in streams):
         return model
     other = copy.deepcopy(model)
     for m in other.modules():

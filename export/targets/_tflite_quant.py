@@ -51,8 +51,9 @@ def _float_scopes(model: Any, spec: IOSpec) -> tuple[list[str], list[str]]:
 
     nodes = [Node(str(i), op_type(op), [str(t) for t in op.inputs if t >= 0], [str(t) for t in op.outputs])
              for i, op in enumerate(sg.operators)]
-    outs = [str(by_name[s.output]) for s in spec.states]
-    keep = state_path(nodes, [str(by_name[s.name]) for s in spec.states], outs, lambda op: op in WEIGHTED)
+    kept = [s for s in spec.states if s.kind != "buffer"]  # buffers are carried in their activation's int8
+    keep = state_path(nodes, [str(by_name[s.name]) for s in kept], [str(by_name[s.output]) for s in kept],
+                      lambda op: op in WEIGHTED)
     graph_outs = {str(by_name[n]) for n in spec.output_names}
     read = {t for n in nodes for t in n.inputs if t in graph_outs}  # graph outputs that ops read too
     readers = {n.name for n in nodes if set(n.inputs) & read or set(n.outputs) & read} - keep
@@ -74,6 +75,25 @@ def _global_min_max(qsv: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return {**qsv, "min": np.minimum(qsv["min"], new["min"]), "max": np.maximum(qsv["max"], new["max"])}
 
 
+def _widen_constant_ranges(qsvs: dict[str, Any]) -> dict[str, Any]:
+    """A tensor that was constant over the whole calibration (a ReZero branch whose ``alpha`` is 0, a zero state)
+    gets the range [-1, 1] around it instead of a zero-width one: its values stay exact, and a zero-width scale
+    would put the op reading it outside the range of scale ratios that XNNPACK's int8 kernels take (the op would
+    leave the delegate)."""
+    import numpy as np
+
+    out = {}
+    for name, q in qsvs.items():
+        if isinstance(q, dict) and "min" in q and "max" in q:
+            lo, hi = np.asarray(q["min"]), np.asarray(q["max"])
+            flat = (hi - lo) <= 1e-6 * np.maximum(1.0, np.abs(hi))
+            if np.any(flat):
+                q = {**q, "min": np.where(flat, np.minimum(lo, 0.0) - 1.0, lo).astype(lo.dtype),
+                     "max": np.where(flat, np.maximum(hi, 0.0) + 1.0, hi).astype(hi.dtype)}
+        out[name] = q
+    return out
+
+
 def _calibrate(float_model: bytes, recipe: Any, calibration: Calibration) -> dict[str, Any]:
     from ai_edge_quantizer import calibrator, recipe_manager
 
@@ -81,7 +101,7 @@ def _calibrate(float_model: bytes, recipe: Any, calibration: Calibration) -> dic
     manager.load_quantization_recipe(recipe)
     calib = calibrator.Calibrator(float_model, num_threads=1, qsv_update_func=_global_min_max)
     calib.calibrate({SIGNATURE: calibration.samples}, manager)
-    return dict(calib.get_model_qsvs())
+    return _widen_constant_ranges(dict(calib.get_model_qsvs()))
 
 
 def quantize(path: Path, spec: IOSpec, precision: str, calibration: Calibration | None) -> dict[str, Any]:
