@@ -12,13 +12,28 @@ from pathlib import Path
 
 import numpy as np
 
-from stexport.calibration import IMAGE_SUFFIXES, _scale_filter, ffmpeg_exe
-from stexport.errors import StexportError
+from stexport.calibration import IMAGE_SUFFIXES, CalibrationError, _scale_filter, ffmpeg_exe
+from stexport.errors import MissingExtraError, StexportError
 from stexport.models._registry import Preprocess
 
 
 class VideoError(StexportError):
     """A video or image folder that cannot be decoded."""
+
+
+class MissingDecoderError(MissingExtraError):
+    """No ffmpeg: neither the imageio-ffmpeg wheel nor ``ffmpeg`` on PATH."""
+
+    def __init__(self) -> None:
+        StexportError.__init__(self, "decoding video needs ffmpeg, which is not installed. Install it with: "
+                                     "pip install 'stexport[video]' (or put ffmpeg on PATH)")
+
+
+def _ffmpeg() -> str:
+    try:
+        return ffmpeg_exe()
+    except CalibrationError:
+        raise MissingDecoderError() from None
 
 
 @dataclass(frozen=True)
@@ -73,7 +88,7 @@ def _filters(pre: Preprocess, *, video: bool) -> str:
 def _decode(path: Path, pre: Preprocess, *, video: bool) -> Iterator[np.ndarray]:
     h, w = pre.size
     size = h * w * 3
-    cmd = [ffmpeg_exe(), "-v", "error", "-i", str(path), "-an", "-vf", _filters(pre, video=video),
+    cmd = [_ffmpeg(), "-v", "error", "-i", str(path), "-an", "-vf", _filters(pre, video=video),
            "-fps_mode", "passthrough", *([] if video else ["-frames:v", "1"]),
            "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
