@@ -65,12 +65,13 @@ MOVINET_A0_HALF = scaled_movinet_spec(A0, WIDTH, input_size=SIZE, num_frames=FRA
 MOBILENET_V2_HALF = scaled_mobilenet_v2(WIDTH)
 
 
-def build_online_mobilenet_v2(*, num_classes: int, cfg: MobileNetV2Config = MOBILENET_V2_HALF,
-                              **kwargs: Any) -> OnlineMobileNetV2:
+def build_online_mobilenet_v2(*, num_classes: int, num_frames: int = FRAMES, input_size: int = SIZE,
+                              fold_div: int = 8, cfg: MobileNetV2Config = MOBILENET_V2_HALF) -> OnlineMobileNetV2:
     """`OnlineMobileNetV2` with the backbone ``cfg`` (its constructor is fixed at width 1.0, so the features and
     the classifier are rebuilt here; same module names, same shift sites)."""
-    model = OnlineMobileNetV2(num_classes=num_classes, **kwargs)
-    model.features = mobilenet_v2_features(site_style="bare", fold_div=kwargs.get("fold_div", 8), cfg=cfg)
+    model = OnlineMobileNetV2(num_classes=num_classes, num_frames=num_frames, input_size=input_size,
+                              fold_div=fold_div)
+    model.features = mobilenet_v2_features(site_style="bare", fold_div=fold_div, cfg=cfg)
     model.classifier = nn.Linear(cfg.last, num_classes)
     return model
 
