@@ -23,6 +23,11 @@ class OptionError(StexportError, ValueError):
     """A bad ``--set`` value or key; the message names the option and its valid values."""
 
 
+def _shown(text: str) -> str:
+    """``text`` as typed, or its repr when it holds line breaks or other unprintable characters (one line)."""
+    return text if text.isprintable() else repr(text)
+
+
 def model_options(model: str) -> dict[str, inspect.Parameter]:
     """The keyword-only options of registered model ``model``'s builder, by name (``num_classes`` included)."""
     from stexport.models import get_entry
@@ -52,7 +57,7 @@ def parse_value(model: str, key: str, raw: str, param: inspect.Parameter) -> Any
     """``raw`` as the type ``param`` takes; `OptionError` naming ``key`` and its valid values otherwise."""
     kind = _kind(param)
     optional = isinstance(param.annotation, str) and param.annotation.replace(" ", "").endswith("|None")
-    bad = OptionError(f"--set {key}={raw}: option {key!r} of {model} takes {_describe(kind, optional)}")
+    bad = OptionError(f"--set {_shown(f'{key}={raw}')}: option {key!r} of {model} takes {_describe(kind, optional)}")
     text = raw.strip()
     if optional and text in _NONE_WORDS:
         return None
@@ -95,9 +100,9 @@ def parse_options(model: str, pairs: Sequence[str]) -> dict[str, Any]:
         key, sep, raw = pair.partition("=")
         key = key.strip()
         if not sep or not key.isidentifier():
-            raise OptionError(f"--set {pair}: expected KEY=VALUE, e.g. --set input_size=224")
+            raise OptionError(f"--set {_shown(pair)}: expected KEY=VALUE, e.g. --set input_size=224")
         if key not in known:
-            raise OptionError(f"--set {pair}: model {model!r} has no option {key!r}; its options: "
+            raise OptionError(f"--set {_shown(pair)}: model {model!r} has no option {key!r}; its options: "
                               f"{', '.join(known)}")
         out[key] = parse_value(model, key, raw, known[key])
     return out
