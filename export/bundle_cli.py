@@ -51,7 +51,7 @@ class _Bar:
     """A one-line progress bar on stderr."""
 
     def __init__(self, width: int = 30) -> None:
-        self.width, self.shown = width, False
+        self.width, self.shown, self.text = width, False, ""
         self.t0: float | None = None
 
     def __call__(self, done: int, total: int | None) -> None:
@@ -63,8 +63,14 @@ class _Bar:
             bar = f"[{'#' * n}{'.' * (self.width - n)}] {done}/{total} frames"
         else:
             bar = f"[{done} frames]"
-        print(f"\r{bar}  {rate:.0f} frames/s", end="", file=sys.stderr, flush=True)
+        self.text = f"{bar}  {rate:.0f} frames/s"
+        print(f"\r{self.text}", end="", file=sys.stderr, flush=True)
         self.shown = True
+
+    def clear(self) -> None:
+        """Blank the bar's line (a report is printed in its place; the bar redraws after it)."""
+        if self.shown:
+            print("\r" + " " * len(self.text) + "\r", end="", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.shown:
@@ -109,8 +115,7 @@ def _predict(args: argparse.Namespace) -> int:
             if args.json:
                 print(json.dumps(p.to_json()), flush=True)
             else:
-                bar.close()
-                bar.shown = False
+                bar.clear()
                 print(f"frame {p.frame:>5}  " + "  ".join(f"{label} {score:.3f}" for label, score in p.top),
                       flush=True)
     finally:

@@ -60,6 +60,6 @@ def checked_artifact(bundle: str | Path, manifest: dict[str, Any]) -> Path:
                           "cannot be checked; re-export the bundle with this stexport")
     got = artifact_sha256(path)
     if got != want:
-        raise BundleError(f"artifact {path} does not match its manifest: sha256 {got[:16]}... , manifest "
-                          f"{want[:16]}... (a truncated or modified copy); copy the bundle again or re-export it")
+        raise BundleError(f"artifact {path} does not match its manifest: its sha256 is {got[:16]}..., the manifest "
+                          f"records {want[:16]}... (a truncated or modified copy); copy the bundle again or re-export")
     return path

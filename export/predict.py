@@ -91,6 +91,8 @@ def predict(bundle: str | Path, source: str | Path, *, every: int = 1, top: int 
             pending = pred
     if pending is not None:
         yield pending
+    with captured_output():  # the runtime's teardown chatter
+        del stream
     if clip and 0 <= i < t - 1:
         from stexport.errors import StexportError
 
