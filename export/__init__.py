@@ -5,7 +5,7 @@ The public API (torch and every converter load lazily, on first use)::
     list_models(pattern=None) -> list[str]
     create_model(name, *, checkpoint=None, num_classes=None, **overrides) -> torch.nn.Module
     export(model, *, target, out="out", precision="fp32", checkpoint=None, verify=True) -> pathlib.Path
-    open_stream(bundle, *, threads=1) -> Stepper   # .step({"frame": x}) -> logits, state kept in the runtime
+    open_stream(bundle, *, threads=1) -> CheckedStream   # .step({"frame": x}) -> logits, state kept in the runtime
 """
 
 from __future__ import annotations
@@ -52,7 +52,11 @@ def export(model: str | nn.Module, *, target: str, out: str | Path = "out", prec
 def open_stream(bundle: str | Path, *, threads: int = 1) -> Any:
     """An exported stream bundle in its runtime at zero state: ``.step({"frame": x}) -> logits`` with ``x`` the
     preprocessed float32 ``[N, 3, H, W]`` frame (the manifest's preprocessing); the state stays in the runtime's
-    own buffers between steps (`stexport.streaming`), ``.state()`` reads it."""
+    own buffers between steps (`stexport.streaming`), ``.state()`` reads it and ``.reset()`` zeroes it.
+
+    The artifact's sha256 must match the manifest's (else `stexport.errors.BundleError`, naming the file), and every
+    feed is checked against the manifest (names, shape, dtype, finite values; else `stexport.errors.InputError`,
+    the state unchanged)."""
     from stexport.streaming import open_stream as _open
 
     return _open(bundle, threads=threads)

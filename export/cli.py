@@ -1,7 +1,8 @@
-"""``stexport --model M --target T [...]``, ``stexport --list`` and ``stexport bench ...``.
+"""``stexport --model M --target T [...]``, ``stexport --list``, ``stexport bench ...`` and the bundle commands
+``stexport inspect|verify|predict BUNDLE ...`` (`stexport.bundle_cli`).
 
-Exit codes: 0 done; 1 export or parity failure; 2 bad usage (unknown model/target, bad option);
-3 a target's optional extra is not installed.
+Exit codes: 0 done; 1 export, parity or checkpoint failure; 2 bad usage (unknown model/target, a bad ``--set``
+value or key); 3 a target's optional extra is not installed.
 """
 
 from __future__ import annotations
@@ -12,12 +13,15 @@ from collections.abc import Sequence
 
 from stexport import __version__
 
+BUNDLE_COMMANDS = ("inspect", "verify", "predict")
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="stexport",
         description="Export a video-recognition model to a mobile format, verified against PyTorch.",
         epilog="Example: stexport --model movinet_a0_stream --target tflite. "
+               "Bundles: stexport inspect|verify|predict BUNDLE ... (--help on each). "
                "Benchmarks: stexport bench --help.")
     p.add_argument("--model", "-m", help="registered model name (see --list)")
     p.add_argument("--target", "-t", help="onnx, tflite, coreml or executorch")
@@ -69,21 +73,14 @@ def _print_list() -> None:
         print(f"  {'':<13} targets: {offered}")
 
 
-def _options(pairs: Sequence[str]) -> dict[str, object]:
-    """``["input_size=224", "pool_window=300"]`` -> ``{"input_size": 224, "pool_window": 300}`` (Python literals;
-    anything else stays a string)."""
-    import ast
+def _silence_stderr_at_exit() -> None:
+    import os
 
-    out: dict[str, object] = {}
-    for pair in pairs:
-        key, sep, raw = pair.partition("=")
-        if not sep or not key.isidentifier():
-            raise ValueError(f"--set wants KEY=VALUE, got {pair!r}")
-        try:
-            out[key] = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            out[key] = raw
-    return out
+    sys.stdout.flush()
+    sys.stderr.flush()
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -92,6 +89,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         from stexport.benchmarks.cli import main as bench_main
 
         return bench_main(args_list[1:])
+    if args_list[:1] and args_list[0] in BUNDLE_COMMANDS:
+        from stexport.bundle_cli import main as bundle_main
+
+        code = bundle_main(args_list[0], args_list[1:])
+        if argv is None:  # the console command: the runtimes' teardown logs at exit stay out of the terminal
+            _silence_stderr_at_exit()
+        return code
     parser = _parser()
     args = parser.parse_args(args_list)
     if args.list:
@@ -102,15 +106,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("stexport: error: --model and --target are required (or --list)", file=sys.stderr)
         return 2
     from stexport.errors import MissingExtraError, StexportError, UnsupportedPrecisionError
-    from stexport.models import CheckpointMismatchError, UnknownNameError, check_options, get_entry
+    from stexport.models import CheckpointMismatchError, UnknownNameError, get_entry
+    from stexport.options import OptionError, parse_options
     from stexport.targets import check_precision, get_target
 
     try:
         check_precision(get_target(args.target), args.precision)
         get_entry(args.model)
-        options = _options(args.options)
-        check_options(args.model, options)
-    except (UnknownNameError, UnsupportedPrecisionError, ValueError) as e:
+        options = parse_options(args.model, args.options)
+    except (UnknownNameError, UnsupportedPrecisionError, OptionError) as e:
         print(f"stexport: error: {e}", file=sys.stderr)
         return 2
     from stexport.pipeline import export
@@ -127,6 +131,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"stexport: error: {e}", file=sys.stderr)
         print("stexport: no bundle was written", file=sys.stderr)
         return 2 if isinstance(e, UnsupportedPrecisionError) else 1
+    except Exception as e:  # a converter or model failure: one line, the traceback only with --verbose
+        if args.verbose:
+            raise
+        print(f"stexport: error: {type(e).__name__}: {str(e).strip().splitlines()[0][:300] if str(e).strip() else ''}"
+              f" (--verbose shows the traceback)", file=sys.stderr)
+        print("stexport: no bundle was written", file=sys.stderr)
+        return 1
     print(f"Wrote {path}")
     for f in sorted(path.iterdir()):
         print(f"  {f.name}")

@@ -25,3 +25,13 @@ class UnsupportedPrecisionError(StexportError):
 
 class UnsupportedModelError(StexportError):
     """The target cannot express this model (the message names the targets or variants that can)."""
+
+
+class BundleError(StexportError):
+    """A bundle folder that cannot be used: no manifest, a missing file, or an artifact whose sha256 differs from the
+    one the manifest records (a truncated or modified copy)."""
+
+
+class InputError(StexportError):
+    """A tensor fed to a stream does not match the manifest (name, shape, dtype) or is not finite; the stream's
+    state is left as it was."""

@@ -68,15 +68,16 @@ def preprocessing(pre: Preprocess) -> dict[str, Any]:
 
 
 def build_manifest(*, model_info: dict[str, Any], pre: Preprocess, spec: IOSpec, target: str, artifact: str,
-                   artifact_bytes: int, precision: str, converter: dict[str, Any], parity: dict[str, Any],
-                   labels: str, export_seconds: float, precision_details: dict[str, Any] | None = None
-                   ) -> dict[str, Any]:
+                   artifact_bytes: int, artifact_sha256: str, precision: str, converter: dict[str, Any],
+                   parity: dict[str, Any], labels: str, export_seconds: float,
+                   precision_details: dict[str, Any] | None = None) -> dict[str, Any]:
     manifest: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "model": model_info,
         "form": spec.form,
         "target": target,
-        "artifact": {"file": artifact, "bytes": artifact_bytes, "export_seconds": round(export_seconds, 2)},
+        "artifact": {"file": artifact, "bytes": artifact_bytes, "sha256": artifact_sha256,
+                     "export_seconds": round(export_seconds, 2)},
         "precision": precision,
         "precision_details": precision_details or {"name": precision},
         "preprocessing": preprocessing(pre),

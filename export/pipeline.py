@@ -17,6 +17,7 @@ from stexport.bundle import staged_bundle
 from stexport.calibration import Calibration, build_calibration
 from stexport.errors import ParityError, StexportError
 from stexport.frames import preprocess, synthetic_frames
+from stexport.integrity import artifact_sha256
 from stexport.manifest import build_golden, build_manifest, model_facts
 from stexport.models import ModelEntry, Preprocess, VideoModel, create_model, get_entry, pack_clip
 from stexport.parity import compare, feeds_for, run_loop, stream_vs_clip, torch_runner
@@ -146,7 +147,8 @@ def export(model: str | torch.nn.Module, *, target: str, out: str | Path = "out"
                 info["options"] = dict(options)
             size = _size(artifact)
             manifest = build_manifest(model_info=info, pre=pre, spec=spec, target=target, artifact=artifact_name,
-                                      artifact_bytes=size, precision=precision, converter=converter, parity=parity,
+                                      artifact_bytes=size, artifact_sha256=artifact_sha256(artifact),
+                                      precision=precision, converter=converter, parity=parity,
                                       labels=label_source, export_seconds=export_seconds,
                                       precision_details=details)
             (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")

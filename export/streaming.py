@@ -9,6 +9,10 @@ buffers as the next step's inputs (ping-pong, no copy). ``Runner.stepper()`` giv
     for frame in frames:                   # float32 [N, 3, H, W], preprocessed
         logits = stepper.step({"frame": frame})
     stepper.state()                        # the current state as numpy arrays, by state name
+    stepper.reset()                        # zero state again
+
+`open_stream` checks every feed against the manifest (`CheckedStream`: names, shape, dtype, finite values) and
+the artifact against the manifest's sha256 before it runs.
 
 LiteRT (``CompiledModel`` tensor buffers) and ONNX Runtime (``IOBinding`` with ``OrtValue``) keep the state in
 place; any other runner falls back to `CopyStepper`. A clip-form runner steps clips (no state).
@@ -16,13 +20,13 @@ place; any other runner falls back to `CopyStepper`. A clip-form runner steps cl
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 
+from stexport.errors import InputError
 from stexport.spec import IOSpec
 
 RunFn = Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]
@@ -64,21 +68,82 @@ def stepper(runner: object) -> Stepper:
 
 def load_bundle_runner(bundle: str | Path, *, threads: int = 1) -> tuple[Any, IOSpec, Any]:
     """(runner, spec, preprocessing `Preprocess`) of an exported bundle folder ``<out>/<model>/<target>/``, from its
-    manifest; ``runner.run(feeds) -> outputs`` by tensor name."""
-    from stexport.models._registry import Preprocess
+    manifest; ``runner.run(feeds) -> outputs`` by tensor name. The artifact's sha256 must match the manifest's
+    (`stexport.integrity`): a truncated or modified copy raises `BundleError` naming the file."""
+    from stexport.integrity import checked_artifact, read_manifest
     from stexport.targets import get_target
 
-    folder = Path(bundle)
-    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest = read_manifest(bundle)
     spec = IOSpec.from_json(manifest)
+    artifact = checked_artifact(bundle, manifest)
+    runner = get_target(manifest["target"]).load().Runner(artifact, spec, threads=threads)
+    return runner, spec, preprocess_of(manifest)
+
+
+def preprocess_of(manifest: dict[str, Any]) -> Any:
+    """The manifest's ``preprocessing`` as a `Preprocess` (what `stexport.frames.preprocess` applies)."""
+    from stexport.models._registry import Preprocess
+
     p = manifest["preprocessing"]
-    pre = Preprocess(size=tuple(p["size"]), value_range=tuple(p["value_range"]), mean=tuple(p["mean"]),
-                     std=tuple(p["std"]))
-    runner = get_target(manifest["target"]).load().Runner(folder / manifest["artifact"]["file"], spec,
-                                                          threads=threads)
-    return runner, spec, pre
+    return Preprocess(size=tuple(p["size"]), value_range=tuple(p["value_range"]), mean=tuple(p["mean"]),
+                      std=tuple(p["std"]), resize=p.get("resize", Preprocess.resize),
+                      resize_shorter=p.get("resize_shorter"), fps=p.get("fps"),
+                      frame_stride=int(p.get("frame_stride", 1)))
 
 
-def open_stream(bundle: str | Path, *, threads: int = 1) -> Stepper:
-    """The bundle's artifact in its runtime, stepped with its state kept there (see the module docstring)."""
-    return stepper(load_bundle_runner(bundle, threads=threads)[0])
+class CheckedStream:
+    """A `Stepper` that checks every feed against the manifest before the runtime sees it.
+
+    ``step(feeds)``: ``feeds`` must hold exactly the non-state inputs (``{"frame": float32 [1, 3, H, W]}``, or
+    ``{"clip": ...}`` for a clip-form bundle), each a numpy array of the manifest's shape and dtype, and finite.
+    Anything else raises `InputError` saying what was expected, before the step: the state is left as it was.
+    The checks are cheap (a key set, a shape tuple, a dtype, one ``isfinite`` pass over the frame).
+    ``reset()`` starts the stream again at zero state.
+    """
+
+    def __init__(self, make: Callable[[], Stepper], spec: IOSpec) -> None:
+        self._make, self.spec = make, spec
+        states = set(spec.state_names)
+        fed = [t for t in spec.inputs if t.name not in states]
+        self._expect = {t.name: (tuple(t.shape), np.dtype(t.dtype)) for t in fed}
+        self._names = frozenset(self._expect)
+        self._inner = make()
+
+    def _refuse(self, what: str) -> InputError:
+        want = ", ".join(f"{n!r}: {np.dtype(d).name} {list(s)}" for n, (s, d) in self._expect.items())
+        return InputError(f"{what}; this stream takes {{{want}}} (preprocessed as the manifest says); "
+                          "the state is unchanged")
+
+    def step(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        """The non-state inputs -> logits ``[1, K]``; the state advances inside the runtime."""
+        if not isinstance(feeds, Mapping):
+            raise self._refuse(f"step() takes a dict of named arrays, got {type(feeds).__name__}")
+        if feeds.keys() != self._names:
+            raise self._refuse(f"step() got inputs {sorted(map(str, feeds))}")
+        for name, (shape, dtype) in self._expect.items():
+            x = feeds[name]
+            if not isinstance(x, np.ndarray):
+                raise self._refuse(f"{name!r} is a {type(x).__name__}, not a numpy array")
+            if x.shape != shape:
+                raise self._refuse(f"{name!r} has shape {list(x.shape)}")
+            if x.dtype != dtype:
+                raise self._refuse(f"{name!r} has dtype {x.dtype}")
+            if not np.isfinite(x).all():
+                raise self._refuse(f"{name!r} holds NaN or infinite values")
+        return self._inner.step(feeds)
+
+    def state(self) -> dict[str, np.ndarray]:
+        """The current state by name (a copy)."""
+        return self._inner.state()
+
+    def reset(self) -> None:
+        """Back to zero state (the manifest's init), as after `open_stream`."""
+        self._inner = self._make()
+
+
+def open_stream(bundle: str | Path, *, threads: int = 1) -> CheckedStream:
+    """The bundle's artifact in its runtime, stepped with its state kept there (see the module docstring), behind
+    the manifest's input checks (`CheckedStream`). A bundle whose artifact does not match the manifest's sha256 is
+    refused with `BundleError`."""
+    runner, spec, _ = load_bundle_runner(bundle, threads=threads)
+    return CheckedStream(lambda: stepper(runner), spec)

@@ -21,6 +21,7 @@ from ._registry import ModelEntry, Preprocess, UnknownNameError, entries, get_en
 for _info in pkgutil.iter_modules(__path__):
     if not _info.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_info.name}")
+importlib.import_module("stexport.motion7.models")  # the two models trained here on motion7 register too
 
 
 def check_options(name: str, options: Mapping[str, object]) -> None:

@@ -73,6 +73,10 @@ def load_checkpoint(model: torch.nn.Module, path: str | Path, entry: ModelEntry)
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle with code in it, or not a torch file
-        raise CheckpointMismatchError(f"cannot read {path.name} as a weights-only torch checkpoint: {e}") from e
+    except Exception:  # not a torch file, truncated, or a pickle that needs code to load
+        # torch's own message advises an unsafe load; it is not repeated
+        raise CheckpointMismatchError(
+            f"{path.name} is not a weights-only PyTorch checkpoint (a torch.save file of tensors); pass the "
+            "released file"
+        ) from None
     load_state_dict_strict(model, entry.checkpoint_filter(unwrap(obj)), model_name=entry.name, source=path.name)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SOURCES = ["export", "models", "benchmarks"]
+SOURCES = ["export", "models", "benchmarks", "motion7"]
 
 
 @pytest.mark.parametrize("tool,args", [("ruff", ["check", "."]), ("mypy", SOURCES)])

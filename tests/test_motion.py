@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import stexport
-from stexport import motion
 from stexport.frames import preprocess
 from stexport.models import get_entry
-from stexport.train import eval_clips, evaluate, module_logits
+from stexport.motion7 import data as motion
+from stexport.motion7.train import eval_clips, evaluate, module_logits
 
 TRAINED = ("movinet_a0_stream_motion7", "tsm_mobilenetv2_online_motion7")
 SUBSET = 105  # the first 105 test clips, 15 per class

@@ -216,7 +216,7 @@ MAX_DROP = {"fp16": 0.0, "int8-dynamic": 0.03, "int8": 0.05}
 
 @pytest.mark.parametrize("name,target,precision", MATRIX)
 def test_motion7_accuracy_in_every_precision(tmp_path: Path, name: str, target: str, precision: str) -> None:
-    from stexport.train import eval_clips, evaluate
+    from stexport.motion7.train import eval_clips, evaluate
 
     data = eval_clips(clips=140)
     ref = evaluate(stexport.create_model(name), streamed=True, data=data)

@@ -147,6 +147,35 @@ export class ClipRing {
   }
 }
 
+/** A fed tensor that does not match the manifest (name, shape, dtype) or is not finite; the state is unchanged. */
+export class InputError extends Error {
+  constructor(message) {
+    super(message);
+    this.name = "InputError";
+  }
+}
+
+/**
+ * Checks one preprocessed frame against the manifest: a Float32Array (float32) of 3 x H x W values (shape
+ * [1, 3, H, W]), all finite. Throws InputError saying what was expected; cheap (one pass over the frame).
+ */
+export function checkFrame(frame, pre) {
+  const want = `float32 [1, 3, ${pre.height}, ${pre.width}] (${3 * pre.height * pre.width} values)`;
+  if (!(frame instanceof Float32Array)) {
+    const got = frame?.constructor?.name ?? typeof frame;
+    throw new InputError(`frame is a ${got}, expected a Float32Array: ${want}; the state is unchanged`);
+  }
+  if (frame.length !== 3 * pre.height * pre.width) {
+    throw new InputError(`frame has ${frame.length} values, expected ${want}; the state is unchanged`);
+  }
+  for (let i = 0; i < frame.length; i++) {
+    if (!Number.isFinite(frame[i])) {
+      throw new InputError(`frame holds a non-finite value (${frame[i]} at ${i}); expected ${want}, finite; ` +
+        "the state is unchanged");
+    }
+  }
+}
+
 /**
  * The frame loop every model shares. `run(feeds)` is the runtime: feeds {name: Float32Array} -> outputs
  * {name: Float32Array}. Stream form: feed `frame` and every state, then carry each state's output
@@ -169,8 +198,19 @@ export class StreamSession {
     this.steps = 0;
   }
 
+  /** Named feeds, as the bundle's contract names them: exactly {frame: Float32Array}. */
+  async stepFeeds(feeds) {
+    const names = feeds && typeof feeds === "object" ? Object.keys(feeds).sort() : [];
+    if (names.join() !== TENSOR_NAMES.frame) {
+      throw new InputError(`step takes {${TENSOR_NAMES.frame}: float32 [1, 3, ${this.m.pre.height}, ` +
+        `${this.m.pre.width}]}, got inputs [${names.join(", ")}]; the state is unchanged`);
+    }
+    return this.step(feeds[TENSOR_NAMES.frame]);
+  }
+
+  /** One preprocessed frame (Float32Array NCHW [1, 3, H, W]); refused with InputError, state kept, if it is not. */
   async step(frame) {
-    if (frame.length !== this.frameSize) throw new Error(`frame has ${frame.length} floats, not ${this.frameSize}`);
+    checkFrame(frame, this.m.pre);
     const feeds = {};
     if (this.ring) {
       this.ring.push(frame);

@@ -11,6 +11,12 @@ public struct RuntimeError: Error, CustomStringConvertible {
     public init(_ description: String) { self.description = description }
 }
 
+/// A fed tensor that does not match the manifest (name, shape, dtype) or is not finite; the state is unchanged.
+public struct InputError: Error, CustomStringConvertible {
+    public let description: String
+    public init(_ description: String) { self.description = description }
+}
+
 /// One step: raw logits `[num_classes]` and the wall time of `ModelRuntime.run` in milliseconds.
 public struct StepResult {
     public let step: Int
@@ -88,8 +94,38 @@ public final class StreamSession {
 
     public func state(_ name: String) -> [Float]? { states[name] }
 
-    /// One preprocessed frame (Float NCHW `[1, 3, H, W]`, flat).
+    private var expected: String {
+        let p = manifest.preprocessing
+        return "\(TensorNames.frame): float32 [1, 3, \(p.height), \(p.width)] (\(3 * p.height * p.width) values), finite"
+    }
+
+    /// Checks one preprocessed frame against the manifest: 3 x H x W values, all finite (one cheap pass).
+    /// Throws `InputError` saying what was expected; nothing has been fed yet, so the state is unchanged.
+    public func checkFrame(_ frame: [Float]) throws {
+        let size = 3 * manifest.preprocessing.height * manifest.preprocessing.width
+        guard frame.count == size else {
+            throw InputError("frame has \(frame.count) values; expected \(expected); the state is unchanged")
+        }
+        if let i = frame.firstIndex(where: { !$0.isFinite }) {
+            throw InputError("frame holds \(frame[i]) at \(i); expected \(expected); the state is unchanged")
+        }
+    }
+
+    /// Named feeds, as the contract names them: exactly `frame`, a `[Float]` (float32).
+    public func step(feeds: [String: Any]) throws -> StepResult {
+        guard Set(feeds.keys) == [TensorNames.frame] else {
+            throw InputError("step takes {\(expected)}, got inputs \(feeds.keys.sorted()); the state is unchanged")
+        }
+        guard let frame = feeds[TensorNames.frame] as? [Float] else {
+            let got = feeds[TensorNames.frame].map { "\(type(of: $0))" } ?? "nothing"
+            throw InputError("frame is \(got), not [Float] (float32); expected \(expected); the state is unchanged")
+        }
+        return try step(frame)
+    }
+
+    /// One preprocessed frame (Float NCHW `[1, 3, H, W]`, flat); refused with `InputError`, state kept, if it is not.
     public func step(_ frame: [Float]) throws -> StepResult {
+        try checkFrame(frame)
         var inputs: [String: [Float]] = [:]
         if let ring = ring {
             ring.push(frame)

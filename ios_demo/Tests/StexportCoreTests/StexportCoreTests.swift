@@ -123,4 +123,74 @@ final class StexportCoreTests: XCTestCase {
         _ = s.update([1, 0])
         XCTAssertEqual(s.update([0, 1]), [0.5, 0.5])
     }
+
+    // MARK: input checks
+
+    private static let toyManifest = """
+    {"schema_version": 1, "model": {"name": "toy", "num_classes": 3, "num_frames": 4, "streaming": true},
+     "form": "stream", "target": "coreml", "artifact": {"file": "toy.mlpackage", "bytes": 1},
+     "preprocessing": {"size": [2, 2], "value_range": [0.0, 1.0], "mean": [0, 0, 0], "std": [1, 1, 1],
+                       "channel_order": "RGB", "resize": "shorter side, then center crop", "frame_stride": 1},
+     "labels": {"file": "labels.txt", "count": 3},
+     "inputs": [{"name": "frame", "shape": [1, 3, 2, 2], "dtype": "float32", "layout": "NCHW"},
+                {"name": "buf", "shape": [1, 2, 2, 2], "dtype": "float32"}],
+     "outputs": [{"name": "logits", "shape": [1, 3], "dtype": "float32"},
+                 {"name": "buf_out", "shape": [1, 2, 2, 2], "dtype": "float32"}],
+     "states": [{"name": "buf", "output": "buf_out", "shape": [1, 2, 2, 2], "dtype": "float32", "init": "zeros"}],
+     "input_order": ["frame", "buf"], "output_order": ["logits", "buf_out"]}
+    """
+
+    /// Fixed logits; every state's output is its input plus one (carried state is visible).
+    final class CountingRuntime: ModelRuntime {
+        let manifest: ModelManifest
+        var calls = 0
+        init(_ manifest: ModelManifest) { self.manifest = manifest }
+        func run(_ inputs: [String: [Float]]) throws -> [String: [Float]] {
+            calls += 1
+            var out: [String: [Float]] = [TensorNames.logits: [0, 1, 2]]
+            for s in manifest.states { out[s.output] = (inputs[s.name] ?? []).map { $0 + 1 } }
+            return out
+        }
+    }
+
+    private func toySession() throws -> (StreamSession, CountingRuntime) {
+        let manifest = try ModelManifest.parse(Data(Self.toyManifest.utf8))
+        let runtime = CountingRuntime(manifest)
+        return (StreamSession(manifest: manifest, runtime: runtime), runtime)
+    }
+
+    func testRefusesAFrameOfTheWrongSize() throws {
+        let (session, runtime) = try toySession()
+        XCTAssertThrowsError(try session.step([Float](repeating: 0, count: 11))) { error in
+            XCTAssertTrue("\(error)".contains("frame has 11 values; expected frame: float32 [1, 3, 2, 2]"))
+        }
+        XCTAssertEqual(runtime.calls, 0)
+    }
+
+    func testRefusesANonFiniteFrameAndKeepsTheState() throws {
+        for bad in [Float.nan, Float.infinity, -Float.infinity] {
+            let (session, runtime) = try toySession()
+            _ = try session.step([Float](repeating: 0.5, count: 12))
+            let before = session.state("buf")
+            var poisoned = [Float](repeating: 0.5, count: 12)
+            poisoned[5] = bad
+            XCTAssertThrowsError(try session.step(poisoned)) { XCTAssertTrue($0 is InputError) }
+            XCTAssertEqual(session.state("buf"), before)
+            XCTAssertEqual(runtime.calls, 1)
+            _ = try session.step([Float](repeating: 0.5, count: 12))
+            XCTAssertEqual(session.state("buf"), [Float](repeating: 2, count: 8))
+        }
+    }
+
+    func testRefusesWrongNamesAndDtypes() throws {
+        let (session, _) = try toySession()
+        let frame = [Float](repeating: 0.5, count: 12)
+        XCTAssertThrowsError(try session.step(feeds: ["image": frame])) { error in
+            XCTAssertTrue("\(error)".contains("got inputs [\"image\"]"))
+        }
+        XCTAssertThrowsError(try session.step(feeds: [TensorNames.frame: frame, "buf": frame]))
+        XCTAssertThrowsError(try session.step(feeds: [TensorNames.frame: [Double](repeating: 0.5, count: 12)]))
+        XCTAssertEqual(session.steps, 0)
+        XCTAssertEqual(try session.step(feeds: [TensorNames.frame: frame]).step, 0)
+    }
 }

@@ -8,6 +8,9 @@ fun interface ModelRuntime {
     fun run(inputs: Map<String, FloatArray>): Map<String, FloatArray>
 }
 
+/** A fed tensor that does not match the manifest (name, shape, dtype) or is not finite; the state is unchanged. */
+class InputException(message: String) : IllegalArgumentException(message)
+
 /** One step's result: raw logits `[num_classes]` and the wall time of [ModelRuntime.run] in milliseconds. */
 class StepResult(val step: Int, val logits: FloatArray, val millis: Double)
 
@@ -86,9 +89,41 @@ class StreamSession(
     /** The current value of state [name] (for tests and debugging). */
     fun state(name: String): FloatArray = states[name] ?: throw IllegalArgumentException("no state '$name'")
 
-    /** Run one preprocessed frame (float32 NCHW `[1, 3, H, W]`, flat). */
+    private val expected: String
+        get() = "${TensorNames.FRAME}: float32 [1, 3, ${manifest.preprocessing.height}, " +
+            "${manifest.preprocessing.width}] ($frameSize values), finite"
+
+    /**
+     * Checks one preprocessed frame against the manifest: [frameSize] values, all finite (one cheap pass).
+     * Throws [InputException] saying what was expected; nothing has been fed yet, so the state is unchanged.
+     */
+    fun checkFrame(frame: FloatArray) {
+        if (frame.size != frameSize) {
+            throw InputException("frame has ${frame.size} values; expected $expected; the state is unchanged")
+        }
+        for (i in frame.indices) {
+            if (!frame[i].isFinite()) {
+                throw InputException("frame holds ${frame[i]} at $i; expected $expected; the state is unchanged")
+            }
+        }
+    }
+
+    /** Named feeds, as the contract names them: exactly `frame`, a [FloatArray] (float32). */
+    fun stepFeeds(feeds: Map<String, Any>): StepResult {
+        if (feeds.keys != setOf(TensorNames.FRAME)) {
+            throw InputException("step takes {$expected}, got inputs ${feeds.keys.sorted()}; the state is unchanged")
+        }
+        val frame = feeds.getValue(TensorNames.FRAME)
+        if (frame !is FloatArray) {
+            throw InputException("frame is a ${frame::class.simpleName}, not float32; expected $expected; " +
+                "the state is unchanged")
+        }
+        return step(frame)
+    }
+
+    /** Run one preprocessed frame (float32 NCHW `[1, 3, H, W]`, flat); refused ([InputException]) if it is not. */
     fun step(frame: FloatArray): StepResult {
-        require(frame.size == frameSize) { "frame has ${frame.size} floats, expected $frameSize" }
+        checkFrame(frame)
         val inputs = LinkedHashMap<String, FloatArray>()
         if (ring != null) {
             ring.push(frame)

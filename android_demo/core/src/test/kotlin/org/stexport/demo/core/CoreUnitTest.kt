@@ -248,3 +248,75 @@ class ScoresTest {
         assertFalse(m.mean == 0.0)
     }
 }
+
+/** Returns fixed logits and every state's output as the state input plus one (so carried state is visible). */
+private class CountingRuntime(private val m: ModelManifest) : ModelRuntime {
+    var calls = 0
+    override fun run(inputs: Map<String, FloatArray>): Map<String, FloatArray> {
+        calls += 1
+        val out = HashMap<String, FloatArray>()
+        out[TensorNames.LOGITS] = FloatArray(m.numClasses) { it.toFloat() }
+        for (s in m.states) out[s.output] = FloatArray(s.size) { i -> inputs.getValue(s.name)[i] + 1f }
+        return out
+    }
+}
+
+class InputCheckTest {
+    private val manifest = ModelManifest.parse(manifestText())
+    private fun frame(value: Float = 0.5f) = FloatArray(3 * 2 * 2) { value }
+
+    @Test
+    fun refusesAFrameOfTheWrongSize() {
+        val rt = CountingRuntime(manifest)
+        val session = StreamSession(manifest, rt)
+        val e = assertThrows(InputException::class.java) { session.step(FloatArray(11)) }
+        assertTrue(e.message!!, e.message!!.contains("frame has 11 values; expected frame: float32 [1, 3, 2, 2]"))
+        assertEquals(0, rt.calls)
+    }
+
+    @Test
+    fun refusesANonFiniteFrameAndKeepsTheState() {
+        for (bad in listOf(Float.NaN, Float.POSITIVE_INFINITY, Float.NEGATIVE_INFINITY)) {
+            val rt = CountingRuntime(manifest)
+            val session = StreamSession(manifest, rt)
+            session.step(frame())
+            val before = session.state("buf").copyOf()
+            val poisoned = frame()
+            poisoned[5] = bad
+            val e = assertThrows(InputException::class.java) { session.step(poisoned) }
+            assertTrue(e.message!!.contains("the state is unchanged"))
+            assertArrayEquals(before, session.state("buf"), 0f)
+            assertEquals(1, rt.calls)
+            assertEquals(1, session.steps)
+            session.step(frame())
+            assertArrayEquals(FloatArray(8) { 2f }, session.state("buf"), 0f)
+        }
+    }
+
+    @Test
+    fun refusesWrongNamesAndDtypes() {
+        val session = StreamSession(manifest, CountingRuntime(manifest))
+        val named = assertThrows(InputException::class.java) { session.stepFeeds(mapOf("image" to frame())) }
+        assertTrue(named.message!!, named.message!!.contains("got inputs [image]"))
+        assertThrows(InputException::class.java) {
+            session.stepFeeds(mapOf(TensorNames.FRAME to frame(), "buf" to FloatArray(8)))
+        }
+        val typed = assertThrows(InputException::class.java) {
+            session.stepFeeds(mapOf(TensorNames.FRAME to IntArray(12)))
+        }
+        assertTrue(typed.message!!, typed.message!!.contains("IntArray, not float32"))
+        assertEquals(0, session.steps)
+        assertEquals(0, session.stepFeeds(mapOf(TensorNames.FRAME to frame())).step)
+    }
+
+    @Test
+    fun resetZeroesTheState() {
+        val session = StreamSession(manifest, CountingRuntime(manifest))
+        session.step(frame())
+        session.step(frame())
+        assertArrayEquals(FloatArray(8) { 2f }, session.state("buf"), 0f)
+        session.reset()
+        assertArrayEquals(FloatArray(8), session.state("buf"), 0f)
+        assertEquals(0, session.steps)
+    }
+}

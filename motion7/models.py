@@ -1,4 +1,4 @@
-"""Models trained here, on the procedural motion7 dataset (`stexport.motion`), with their weights shipped.
+"""Models trained here, on the procedural motion7 dataset (`stexport.motion7.data`), with their weights shipped.
 
 No pretrained weights can be downloaded where this package is built, and the reference fixtures use synthetic
 parameters; these small trained models give the precision work (fp16 / int8 exports) an accuracy to measure.
@@ -10,9 +10,9 @@ models must use their temporal state to score above chance.
 * ``tsm_mobilenetv2_online_motion7``: `OnlineMobileNetV2` (online TSM, 10 shift buffers as state) with a
   MobileNetV2 backbone at half width (last conv 640), 64x64 input, 7 classes.
 
-Both were trained from scratch with ``python -m stexport.train --model <name>`` (1,000 steps of 16 fresh 8-frame
+Both were trained from scratch with ``python -m stexport.motion7.train --model <name>`` (1,000 steps of 16 fresh 8-frame
 clips, AdamW, causal clip forward; MoViNet: cross-entropy on the last frame's logits; TSM: on the causal logits of
-frames 1..7, with the twin-channel initialisation of `stexport.train.twin_shift_init`). ``accuracy`` is the
+frames 1..7, with the twin-channel initialisation of `stexport.motion7.train.twin_shift_init`). ``accuracy`` is the
 700-clip test split; the PyTorch clip forward, PyTorch ``step`` and the fp32 ONNX export agree on it.
 Input: RGB uint8 frames at 64x64 scaled to [0, 1] (no mean/std), every frame (no stride).
 """
@@ -25,19 +25,19 @@ from typing import Any
 
 from torch import nn
 
-from ._movinet_config import A0, BlockSpec, MoViNetSpec
-from ._movinet_layers import make_divisible
-from ._registry import ModelEntry, Preprocess, register
-from ._tsm_backbones import MobileNetV2Config, mobilenet_v2_features
-from ._tsm_nets import OnlineMobileNetV2
-from .movinet import MoViNetStream
+from stexport.models._movinet_config import A0, BlockSpec, MoViNetSpec
+from stexport.models._movinet_layers import make_divisible
+from stexport.models._registry import ModelEntry, Preprocess, register
+from stexport.models._tsm_backbones import MobileNetV2Config, mobilenet_v2_features
+from stexport.models._tsm_nets import OnlineMobileNetV2
+from stexport.models.movinet import MoViNetStream
 
 FRAMES = 8
 SIZE = 64
 WIDTH = 0.5
 LABELS = "motion7.txt"
 DATASET = "stexport motion7 (procedural: shape motion over textured backgrounds, 7 classes)"
-ORIGIN = "trained from scratch by stexport (python -m stexport.train)"
+ORIGIN = "trained from scratch by stexport (python -m stexport.motion7.train)"
 PREPROCESS = Preprocess(size=(SIZE, SIZE), value_range=(0.0, 1.0), resize="none: frames are generated at 64x64")
 
 
@@ -65,24 +65,25 @@ MOVINET_A0_HALF = scaled_movinet_spec(A0, WIDTH, input_size=SIZE, num_frames=FRA
 MOBILENET_V2_HALF = scaled_mobilenet_v2(WIDTH)
 
 
-def build_online_mobilenet_v2(*, num_classes: int, cfg: MobileNetV2Config = MOBILENET_V2_HALF,
-                              **kwargs: Any) -> OnlineMobileNetV2:
+def build_online_mobilenet_v2(*, num_classes: int, num_frames: int = FRAMES, input_size: int = SIZE,
+                              fold_div: int = 8, cfg: MobileNetV2Config = MOBILENET_V2_HALF) -> OnlineMobileNetV2:
     """`OnlineMobileNetV2` with the backbone ``cfg`` (its constructor is fixed at width 1.0, so the features and
     the classifier are rebuilt here; same module names, same shift sites)."""
-    model = OnlineMobileNetV2(num_classes=num_classes, **kwargs)
-    model.features = mobilenet_v2_features(site_style="bare", fold_div=kwargs.get("fold_div", 8), cfg=cfg)
+    model = OnlineMobileNetV2(num_classes=num_classes, num_frames=num_frames, input_size=input_size,
+                              fold_div=fold_div)
+    model.features = mobilenet_v2_features(site_style="bare", fold_div=fold_div, cfg=cfg)
     model.classifier = nn.Linear(cfg.last, num_classes)
     return model
 
 
 #: top-1 on the 700-clip test split, last frame of 8; the same for the PyTorch clip forward, PyTorch ``step`` frame by
-#: frame and the fp32 ONNX export stepped in ONNX Runtime (``stexport.train.evaluate``)
+#: frame and the fp32 ONNX export stepped in ONNX Runtime (``stexport.motion7.train.evaluate``)
 TOP1 = {"movinet_a0_stream_motion7": 0.9943, "tsm_mobilenetv2_online_motion7": 0.9829}
 
 
 def _accuracy(name: str) -> dict[str, Any]:
     return {"top1": TOP1[name], "dataset": "stexport motion7 test split (seed 0)", "clips": 700, "frames": FRAMES,
-            "source": "stexport.train.evaluate; weights from python -m stexport.train"}
+            "source": "stexport.motion7.train.evaluate; weights from python -m stexport.motion7.train"}
 
 
 _COMMON: dict[str, Any] = dict(num_classes=7, labels=LABELS, num_frames=FRAMES, input_size=SIZE, streaming=True,
