@@ -1,4 +1,5 @@
-"""Facts about the machine a result was measured on, and its measured fp32 matmul peak.
+"""Facts about the machine a result was measured on, and its measured fp32 ceilings: a torch matmul, and XNNPACK's
+throughput on one large 3x3 conv (the core's limit for conv-shaped work: torch's GEMM understates it ~2x).
 
 Every result row carries these, so a number is never read without the machine (and the load on it) it came from.
 """
@@ -69,8 +70,9 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-def machine_facts(*, threads: int, matmul: dict[str, Any]) -> dict[str, Any]:
-    """CPU model, cores, the thread count used, load at measurement time, library versions, matmul peak."""
+def machine_facts(*, threads: int, matmul: dict[str, Any], conv: dict[str, Any] | None = None) -> dict[str, Any]:
+    """CPU model, cores, the thread count used, load at measurement time, library versions, matmul peak and conv
+    ceiling."""
     try:
         affinity: int | None = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
@@ -86,6 +88,7 @@ def machine_facts(*, threads: int, matmul: dict[str, Any]) -> dict[str, Any]:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "matmul_peak": matmul,
+        **({"conv_ceiling": conv} if conv else {}),
         "versions": versions(),
         "env": {k: os.environ.get(k) for k in THREAD_ENV},
     }
@@ -120,3 +123,64 @@ def merge_peaks(*runs: dict[str, Any]) -> dict[str, Any]:
     return {"size": runs[0]["size"], "threads": runs[0]["threads"], "reps": sum(r["reps"] for r in runs),
             "gflops_best": max(r["gflops_best"] for r in runs),
             "gflops_median": round(float(np.median([r["gflops_median"] for r in runs])), 2)}
+
+
+#: the ceiling's conv: Conv2d(256, 256, 3x3, padding 1) over [1, 256, 56, 56] (2 * 256 * 256 * 9 * 56 * 56 FLOPs)
+CONV_SHAPE = (256, 56)
+_conv_model: dict[str, Path] = {}
+
+
+def _conv_tflite() -> Path:
+    """The ceiling's conv as a .tflite (litert-torch), converted once per process."""
+    if "path" not in _conv_model:
+        import tempfile
+
+        import litert_torch
+        import torch
+
+        from stexport.quiet import captured_output
+
+        c, hw = CONV_SHAPE
+        path = Path(tempfile.mkdtemp(prefix="stexport-ceiling-")) / "conv.tflite"
+        with captured_output(enabled=True):
+            litert_torch.convert(torch.nn.Conv2d(c, c, 3, padding=1).eval(), (torch.zeros(1, c, hw, hw),)).export(
+                str(path))
+        _conv_model["path"] = path
+    return _conv_model["path"]
+
+
+def conv_ceiling(*, threads: int, reps: int = 20, rounds: int = 3) -> dict[str, Any] | None:
+    """XNNPACK's fp32 GFLOP/s on the `CONV_SHAPE` conv in LiteRT at ``threads``: best and median over ``rounds``
+    medians of ``reps`` runs. None without the tflite extra (then efficiencies use the matmul peak)."""
+    try:
+        from stexport.targets._tflite import interpreter_class
+
+        path = _conv_tflite()
+    except ImportError:
+        return None
+    it = interpreter_class()(model_path=str(path), num_threads=threads)
+    it.allocate_tensors()
+    d = it.get_input_details()[0]
+    it.set_tensor(d["index"], np.random.default_rng(0).standard_normal(d["shape"]).astype(np.float32))
+    c, hw = CONV_SHAPE
+    flops = 2.0 * c * c * 9 * hw * hw
+    it.invoke()
+    rates = []
+    for _ in range(rounds):
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            it.invoke()
+            times.append(time.perf_counter() - t0)
+        rates.append(flops / float(np.median(times)) / 1e9)
+    return {"op": f"conv2d {c}->{c} 3x3 over {hw}x{hw}", "runtime": "litert xnnpack", "threads": threads,
+            "gflops_best": round(max(rates), 2), "gflops_median": round(float(np.median(rates)), 2)}
+
+
+def merge_ceilings(*runs: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Conv ceilings measured before and after a timing block, as one (best of all, median of medians)."""
+    got = [r for r in runs if r]
+    if not got:
+        return None
+    return {**got[0], "gflops_best": max(r["gflops_best"] for r in got),
+            "gflops_median": round(float(np.median([r["gflops_median"] for r in got])), 2)}

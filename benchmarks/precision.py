@@ -1,7 +1,7 @@
 """Precision study on the trained motion7 models: what fp16 / int8 cost in accuracy, fidelity, size and speed.
 
     python -m stexport.benchmarks.precision                  # both motion7 models, every target x precision x form
-    python -m stexport.benchmarks.precision --drift 10000    # only the long-stream drift of the fp16 artifacts
+    python -m stexport.benchmarks.precision --drift 10000    # only the long-stream drift (fp16, int8)
 
 For each model x target x precision x form -- ``stream``: the stream artifact stepped frame by frame from zero
 state; ``clip``: the clip-form artifact on the whole clip -- the model is exported with the parity gate on
@@ -10,7 +10,7 @@ motion7 test split: top-1 accuracy (last frame), top-1 agreement with PyTorch fp
 and max abs logit error vs PyTorch fp32; the artifact's size; the median time of one call at 1 thread (stream:
 one frame; clip: one 8-frame clip). Core ML runs only on macOS: elsewhere its rows hold the size only.
 
-``--drift N``: the fp16 ONNX and TFLite (and fp32 TFLite) stream artifacts and PyTorch float32 step through N
+``--drift N``: the fp16 ONNX and TFLite, int8 and fp32 TFLite stream artifacts and PyTorch float32 step through N
 frames (motion7 test clips back to back, state carried throughout), compared per frame with PyTorch in float64.
 
 Writes ``<out>/rows.jsonl`` (one JSON row per export), ``<out>/table.md``, ``<out>/drift.json`` and ``<out>/drift.md``.
@@ -131,7 +131,7 @@ def measure(name: str, target: str, precision: str, form: str, data: tuple[np.nd
 
 # ONNX Runtime fp16 computes in float16 (its state-update path float32); LiteRT fp16 keeps float16 weights and
 # computes in float32 on this CPU (XNNPACK's float16 arithmetic is an ARM feature).
-DRIFT_RUNTIMES = (("onnx", "fp16"), ("tflite", "fp16"), ("tflite", "fp32"))
+DRIFT_RUNTIMES = (("onnx", "fp16"), ("tflite", "fp16"), ("tflite", "int8"), ("tflite", "fp32"))
 
 
 def drift(name: str, frames: int, workdir: Path) -> dict[str, Any]:

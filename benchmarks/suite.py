@@ -28,7 +28,7 @@ import torch
 
 import stexport
 from stexport.benchmarks import facts, memory
-from stexport.benchmarks.machine import machine_facts, matmul_peak, merge_peaks
+from stexport.benchmarks.machine import conv_ceiling, machine_facts, matmul_peak, merge_ceilings, merge_peaks
 from stexport.benchmarks.progress import Progress
 from stexport.benchmarks.recompute import DEFAULT_WINDOWS, recompute_at, stream_vs_recompute
 from stexport.benchmarks.timing import Contender, curve_window, interleaved, position_curve, speedup_vs, summarize
@@ -200,12 +200,18 @@ def _row(kind: str, *, run_id: str, status: str, error: str | None, model_info: 
     })
 
 
-def _throughput(gflops: float | None, median_ms: float | None, peak: dict[str, Any]) -> dict[str, Any] | None:
+def _throughput(gflops: float | None, median_ms: float | None, peak: dict[str, Any],
+                ceiling: dict[str, Any] | None = None) -> dict[str, Any] | None:
+    """Achieved GFLOP/s, and its fraction of the matmul peak and of the conv ceiling (median) of the same run."""
     if not gflops or not median_ms:
         return None
     rate = gflops / (median_ms / 1e3)
-    return {"gflops_per_s": float(f"{rate:.4g}"), "matmul_peak_gflops": peak["gflops_best"],
-            "fraction_of_matmul_peak": float(f"{rate / peak['gflops_best']:.4g}")}
+    out = {"gflops_per_s": float(f"{rate:.4g}"), "matmul_peak_gflops": peak["gflops_best"],
+           "fraction_of_matmul_peak": float(f"{rate / peak['gflops_best']:.4g}")}
+    if ceiling:
+        out.update(conv_ceiling_gflops=ceiling["gflops_median"],
+                   fraction_of_conv_ceiling=float(f"{rate / ceiling['gflops_median']:.4g}"))
+    return out
 
 
 def run_bench(model: str | torch.nn.Module, *, targets: Sequence[str] | None = None,
@@ -263,6 +269,7 @@ def run_bench(model: str | torch.nn.Module, *, targets: Sequence[str] | None = N
             torch.set_num_threads(n)
             bar.set_description(f"{name} t{n}: matmul peak")
             peak_before = matmul_peak(threads=n, size=matmul_size)
+            ceiling_before = conv_ceiling(threads=n)
             contenders = [Contender(REFERENCE, partial(CopyStepper, torch_runner(graph), spec))]
             runnable: dict[str, _Export] = {}
             idle: list[dict[str, Any]] = []  # exports that do not run here: rows after the measured ones
@@ -290,7 +297,8 @@ def run_bench(model: str | torch.nn.Module, *, targets: Sequence[str] | None = N
                         probe=probe, tick=bar.update)
             ref = contenders[0]
             peak = merge_peaks(peak_before, matmul_peak(threads=n, size=matmul_size))
-            machine = machine_facts(threads=n, matmul=peak)
+            ceiling = merge_ceilings(ceiling_before, conv_ceiling(threads=n))
+            machine = machine_facts(threads=n, matmul=peak, conv=ceiling)
             common = {"run_id": run_id, "model_info": model_info, "threads": n, "machine": machine}
             mem: dict[str, tuple[dict[str, Any] | None, str | None]] = {}
             for c in contenders:
@@ -308,7 +316,8 @@ def run_bench(model: str | torch.nn.Module, *, targets: Sequence[str] | None = N
                 ex_c = runnable.get(c.name)
                 m, m_err = mem.get(c.name, (None, None))
                 rt = _runtime_facts(ex_c, c, model_info, peak, m, ref,
-                                    position_curve(c, window=window) if stream else None, warmup=warm)
+                                    position_curve(c, window=window) if stream else None, warmup=warm,
+                                    ceiling=ceiling)
                 if m_err:
                     rt["memory_error"] = m_err
                 rows.append(_row("runtime", status="failed" if c.error else "ok", error=c.error,
@@ -336,7 +345,7 @@ def run_bench(model: str | torch.nn.Module, *, targets: Sequence[str] | None = N
 
 def _runtime_facts(ex: _Export | None, c: Contender | None, model_info: dict[str, Any], peak: dict[str, Any],
                    mem: dict[str, Any] | None, ref: Contender | None, curve: dict[str, Any] | None, *,
-                   warmup: int = 0) -> dict[str, Any]:
+                   warmup: int = 0, ceiling: dict[str, Any] | None = None) -> dict[str, Any]:
     unit = f"ms per {model_info['step_unit']}"
     latency = None
     if c is not None and c.times_ms:
@@ -369,7 +378,8 @@ def _runtime_facts(ex: _Export | None, c: Contender | None, model_info: dict[str
         "memory": mem,
         "latency": latency,
         "vs_pytorch": vs,
-        "throughput": _throughput(model_info["gflops_per_step"], latency["median_ms"] if latency else None, peak),
+        "throughput": _throughput(model_info["gflops_per_step"], latency["median_ms"] if latency else None, peak,
+                                  ceiling),
         "position_curve": curve,
     }
 

@@ -8,7 +8,10 @@ back, with a warning, to the motion7 training split (motion7 models) or to `synt
 
 A stream model is calibrated the way an app runs it: the PyTorch reference steps through each sequence from zero
 state, carrying its state, and every step's inputs (frame and states) are one calibration sample, so the
-activations of the state path are observed. A clip model gets one sample per ``num_frames`` frames.
+activations of the state path are observed. A long sequence is sampled every ``STREAM_STRIDE``-th frame: the
+samples then span ``STREAM_STRIDE`` times as many frames of one stream, so the ranges see states of a long stream
+(running means at frame 300 are not those at frame 8) as well as its first frames. A clip model gets one sample per
+``num_frames`` frames.
 
 The state-update path (`state_path`): the ops on a path from a state input to a state output that passes through
 no weighted op (convolution, matmul, fully connected) -- buffer concatenations and slices, running-mean updates,
@@ -33,9 +36,11 @@ from stexport.models._registry import ModelEntry, Preprocess
 from stexport.spec import IOSpec
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".pgm", ".tif", ".tiff"})
-#: default calibration size: stream models, frames stepped; clip models, clips
+#: default calibration size: stream models, samples (frames); clip models, clips
 STREAM_FRAMES = 128
 CLIP_COUNT = 8
+#: a video (or the motion7 stream) calibrates on every STREAM_STRIDE-th step of a stream this many times longer
+STREAM_STRIDE = 3
 #: motion7 fallback: clips of this many frames, each streamed from zero state (as the models were trained)
 MOTION7_FRAMES = 8
 
@@ -120,38 +125,55 @@ def read_frames(source: str | Path, pre: Preprocess, *, count: int) -> np.ndarra
     return frames
 
 
+Sequences = list[tuple[np.ndarray, int]]  # (uint8 frames [n, H, W, 3], record every k-th step)
+
+
 def _fallback(entry: ModelEntry | None, pre: Preprocess, *, streaming: bool, frames: int, count: int
-              ) -> tuple[list[np.ndarray], str, str]:
+              ) -> tuple[Sequences, str, str]:
     """(uint8 sequences, source description, warning) when no ``--calibration`` was given."""
     h, w = pre.size
     if entry is not None and entry.labels == "motion7.txt" and h == w:
         from stexport import motion
 
-        n_frames = MOTION7_FRAMES if streaming else frames
-        n_clips = max(1, count // n_frames) if streaming else count
-        clips, _ = motion.motion_clips(range(n_clips), split="train", frames=n_frames, size=h)
-        src = f"motion7 train split, clips 0..{n_clips - 1} ({n_frames} frames each)"
-        return list(clips), src, (f"no --calibration given: calibrating int8 on the {src}; pass --calibration "
-                                  "DIR_OR_VIDEO with frames like the ones the app will see")
+        if not streaming:
+            clips, _ = motion.motion_clips(range(count), split="train", frames=frames, size=h)
+            src = f"motion7 train split, clips 0..{count - 1} ({frames} frames each)"
+            return [(c, 1) for c in clips], src, _motion7_warning(src)
+        # half the samples: short clips from zero state (as the models are trained and evaluated); half: one long
+        # stream of further clips back to back, every STREAM_STRIDE-th step
+        short = max(1, count // 2 // MOTION7_FRAMES)
+        long_clips = max(1, -(-(count - short * MOTION7_FRAMES) * STREAM_STRIDE // MOTION7_FRAMES))
+        clips, _ = motion.motion_clips(range(short + long_clips), split="train", frames=MOTION7_FRAMES, size=h)
+        stream = np.concatenate(list(clips[short:]))
+        src = (f"motion7 train split: clips 0..{short - 1} from zero state, then clips {short}.."
+               f"{short + long_clips - 1} as one {len(stream)}-frame stream sampled every {STREAM_STRIDE}rd frame")
+        return [*((c, 1) for c in clips[:short]), (stream, STREAM_STRIDE)], src, _motion7_warning(src)
     n = count if streaming else count * frames
     src = f"{n} synthetic frames (stexport.frames.synthetic_frames)"
-    return [synthetic_frames(n, h, w, seed=1)], src, (
+    return [(synthetic_frames(n, h, w, seed=1), 1)], src, (
         f"no --calibration given: calibrating int8 on {src}, not real video; the quantized model may lose "
         "accuracy on camera frames -- pass --calibration DIR_OR_VIDEO with representative frames")
 
 
+def _motion7_warning(src: str) -> str:
+    return (f"no --calibration given: calibrating int8 on the {src}; pass --calibration DIR_OR_VIDEO with frames "
+            "like the ones the app will see")
+
+
 def calibration_sequences(source: str | Path | None, entry: ModelEntry | None, pre: Preprocess, *, streaming: bool,
-                          frames: int, count: int | None = None) -> tuple[list[np.ndarray], str, str | None]:
-    """(uint8 frame sequences, source description, warning or None) for calibration. ``frames``: the clip length
-    of a clip-form export; ``count``: frames (stream) or clips (clip form) wanted."""
+                          frames: int, count: int | None = None) -> tuple[Sequences, str, str | None]:
+    """(uint8 frame sequences with the step stride at which each is sampled, source description, warning or None)
+    for calibration. ``frames``: the clip length of a clip-form export; ``count``: samples (stream) or clips (clip
+    form) wanted. A video or image folder is one stream of up to ``count * STREAM_STRIDE`` frames."""
     count = count or (STREAM_FRAMES if streaming else CLIP_COUNT)
     if source is None:
         return _fallback(entry, pre, streaming=streaming, frames=frames, count=count)
-    want = count if streaming else count * frames
+    want = count * STREAM_STRIDE if streaming else count * frames
     got = read_frames(source, pre, count=want)
     if not streaming and len(got) < frames:
         raise CalibrationError(f"--calibration {source}: {len(got)} frame(s), a clip needs {frames}")
-    return [got], f"{source} ({len(got)} frames)", None
+    stride = STREAM_STRIDE if streaming and len(got) >= count * STREAM_STRIDE else 1
+    return [(got, stride)], f"{source} ({len(got)} frames, every {stride} sampled)", None
 
 
 def build_calibration(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]], spec: IOSpec,
@@ -163,13 +185,14 @@ def build_calibration(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarra
     t = 1 if streaming else _clip_frames(spec)
     seqs, desc, warning = calibration_sequences(source, entry, pre, streaming=streaming, frames=t, count=count)
     samples: list[dict[str, np.ndarray]] = []
-    for seq in seqs:
+    for seq, stride in seqs:
         x = preprocess(seq, pre)
         if streaming:
             state = spec.zero_state()
             for i in range(x.shape[0]):
                 feeds = {"frame": x[i:i + 1].contiguous().numpy(), **state}
-                samples.append(feeds)
+                if (i + 1) % stride == 0:
+                    samples.append(feeds)
                 out = run(feeds)
                 state = {s.name: np.asarray(out[s.output], np.float32) for s in spec.states}
         else:
@@ -178,7 +201,7 @@ def build_calibration(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarra
             for i in range(0, x.shape[0] - t + 1, t):
                 clip = x[i:i + t].transpose(0, 1).unsqueeze(0)
                 samples.append({"clip": pack_clip(clip, spec.inputs[0].layout).contiguous().numpy()})
-    n_frames = sum(len(s) for s in seqs)
+    n_frames = sum(len(s) for s, _ in seqs)
     return Calibration(samples, desc, n_frames, len(seqs), warning)
 
 

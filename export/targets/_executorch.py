@@ -26,7 +26,11 @@ def convert(graph: GraphModule, spec: IOSpec, path: Path, *, precision: str, met
     from executorch.exir import to_edge_transform_and_lower
 
     example = spec.example_inputs()
-    args = tuple(example[n] for n in spec.input_names)
+    cl_in = channels_last_inputs(spec)
+    args = tuple(example[n].contiguous(memory_format=torch.channels_last) if n in cl_in else example[n]
+                 for n in spec.input_names)
+    outs_cl = {s.output for s in spec.states if s.name in cl_in}
+    graph = _ChannelsLastOutputs(graph, [n in outs_cl for n in spec.output_names])  # type: ignore[assignment]
     details = None
     if precision == "fp32":
         with torch.no_grad():
@@ -43,10 +47,32 @@ def convert(graph: GraphModule, spec: IOSpec, path: Path, *, precision: str, met
                     if n.op == "call_function" and "executorch_call_delegate" in str(n.target))
     facts: dict[str, Any] = {"converter": "torch.export + executorch (XNNPACK)",
                              "executorch": package_version("executorch"), "method": "forward",
-                             "delegate_calls": delegated}
+                             "delegate_calls": delegated,
+                             "channels_last_states": sorted(cl_in)}
     if details is not None:
         facts["precision"] = details
     return facts
+
+
+def channels_last_inputs(spec: IOSpec) -> set[str]:
+    """The 4D state inputs, which the program takes (and returns) in channels-last memory (dim order 0, 2, 3, 1;
+    the shape stays the manifest's): XNNPACK computes in NHWC, and NCHW-contiguous states would be transposed in
+    and out of every step (about a fifth of MoViNet-A2's step). An app passes such a state as a channels-last
+    tensor; the outputs come back that way, so feeding each ``_out`` back as it is keeps the format."""
+    return {s.name for s in spec.states if len(s.shape) == 4}
+
+
+class _ChannelsLastOutputs(torch.nn.Module):
+    """``graph`` with the chosen outputs copied to channels-last memory (inside the XNNPACK delegate)."""
+
+    def __init__(self, graph: torch.nn.Module, channels_last: list[bool]) -> None:
+        super().__init__()
+        self.inner, self.channels_last = graph, channels_last
+
+    def forward(self, *args: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        outs = self.inner(*args)
+        return tuple(torch.ops.aten._to_copy.default(o, memory_format=torch.channels_last) if cl else o
+                     for o, cl in zip(outs, self.channels_last))
 
 
 _DTYPES = {6: "float32", 5: "float16", 7: "float64", 1: "int8", 0: "uint8", 3: "int32", 4: "int64"}
@@ -72,9 +98,12 @@ class Runner:
 
         self.method = Runtime.get().load_program(str(path)).load_method("forward")
         self.spec = spec
+        self.channels_last = channels_last_inputs(spec)
         self.version = package_version("executorch")
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         args = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.spec.input_names]
+        args = [a.contiguous(memory_format=torch.channels_last) if n in self.channels_last else a
+                for n, a in zip(self.spec.input_names, args)]
         outs = self.method.execute(args)
         return {n: o.detach().numpy().copy() for n, o in zip(self.spec.output_names, outs)}

@@ -1,0 +1,97 @@
+"""Full-integer stream graphs: the integer op forms of the MoViNet step, buffer states carried in int8, one XNNPACK
+partition in LiteRT (issue: int8 as phones run it)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import stexport
+from stexport.graphcheck import tflite_ops, tflite_partitions
+from stexport.models._movinet_layers import NCHW, NHWC, StepLayout, TfAvgPool
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def _stream(model: torch.nn.Module, frames: torch.Tensor) -> torch.Tensor:
+    state = model.init_state(frames.shape[0])
+    out = []
+    with torch.no_grad():
+        for t in range(frames.shape[2]):
+            logits, state = model.step(frames[:, :, t], state)
+            out.append(logits)
+    return torch.stack(out, 1)
+
+
+@pytest.mark.parametrize("layout", ["nhwc", "nchw"])
+def test_integer_step_forms_compute_the_float_step(layout: str, one_thread: None) -> None:
+    """Hard-swish as relu6(x + 3) * x / 6, MEAN and the depthwise residual pool are the same function as the float
+    forms (float32 rounding apart), stepped and as the 4D clip form."""
+    model = stexport.create_model("movinet_a0_stream_motion7")
+    clip = torch.rand(1, 3, 6, 64, 64, generator=torch.Generator().manual_seed(0))
+    ref = _stream(model.with_step_layout(layout), clip)
+    integer = model.with_step_layout(layout, integer=True)
+    assert integer.layout.integer and not model.layout.integer  # a copy; the original keeps its forms
+    assert (_stream(integer, clip) - ref).abs().max() < 1e-5
+    with torch.no_grad():
+        assert (integer(clip) - ref[:, -1]).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("layout", [NHWC, NCHW, StepLayout("nhwc", integer=True), StepLayout("nchw", integer=True)])
+@pytest.mark.parametrize("size", [(4, 3), (4, 4), (3, 4), (7, 5), (86, 86), (43, 43)])
+def test_residual_pool_excludes_padding_at_every_size(layout: StepLayout, size: tuple[int, int]) -> None:
+    """TF-"same" 3x3/2 average that leaves the padding out of the count, for sizes that share an output size with
+    the size the pool was built for (4x3 and 4x4 both give 2x2: the cached count must not be reused)."""
+    h, w = size
+    x = torch.randn(2, 5, h, w, dtype=torch.float64)
+    pool = TfAvgPool((4, 4)).double()
+    got = pool.step(layout.from_nchw(x), layout=layout)
+    got = got.permute(0, 3, 1, 2) if layout.channels_last else got
+    pad_t, pad_l = (1 if h % 2 else 0), (1 if w % 2 else 0)
+    want = torch.empty_like(got)
+    for i in range(got.shape[2]):
+        for j in range(got.shape[3]):
+            r0, c0 = max(2 * i - pad_t, 0), max(2 * j - pad_l, 0)
+            r1, c1 = min(2 * i - pad_t + 3, h), min(2 * j - pad_l + 3, w)
+            want[:, :, i, j] = x[:, :, r0:r1, c0:c1].mean((2, 3))
+    assert (got - want).abs().max() < 1e-6
+
+
+def test_state_kinds_in_the_manifest_spec() -> None:
+    from stexport.spec import build_spec
+
+    spec = build_spec(stexport.create_model("movinet_a0_stream_motion7"), form="stream")
+    kinds = {s.name: s.kind for s in spec.states}
+    assert kinds["b1_l0_deep_buf"] == "buffer" and kinds["frame_count"] == kinds["head_mean"] == "accumulator"
+    assert {s.to_json()["kind"] for s in spec.states} == {"buffer", "accumulator"}
+
+
+def test_movinet_int8_tflite_is_one_integer_partition(tmp_path: Path) -> None:
+    """The trained A0 stream model in full int8: one XNNPACK partition, no op that XNNPACK runs only in float
+    (HARD_SWISH, AVERAGE_POOL_2D), every convolution and fully connected layer (the classifier too) int8, the
+    causal-conv buffers quantized inside the graph (float32 only at the boundary), the parity gate passed."""
+    from stexport.targets._tflite import interpreter_class
+
+    bundle = stexport.export("movinet_a0_stream_motion7", target="tflite", precision="int8", out=tmp_path,
+                             steps=8, progress=lambda s: None)
+    m = json.loads((bundle / "manifest.json").read_text())
+    assert m["parity"]["passed"], m["parity"]
+    artifact = bundle / m["artifact"]["file"]
+    ops = tflite_ops(artifact)
+    assert not {"HARD_SWISH", "AVERAGE_POOL_2D"} & set(ops), ops
+    assert tflite_partitions(artifact)["delegate_partitions"] == 1
+    it = interpreter_class()(model_path=str(artifact), experimental_preserve_all_tensors=True)
+    it.allocate_tensors()
+    tensors = {t["index"]: t for t in it.get_tensor_details()}
+    weighted = [o for o in it._get_ops_details()
+                if o["op_name"] in ("CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED")]
+    assert weighted and all(tensors[o["inputs"][0]]["dtype"] == np.int8 for o in weighted)
+    buffers = {s["name"] for s in m["states"] if s["kind"] == "buffer"}
+    assert buffers == {s["name"] for s in m["states"] if s["name"].endswith("_deep_buf")} and len(buffers) == 11
+    inputs = {k: d["index"] for k, d in it.get_signature_runner("serving_default").get_input_details().items()}
+    readers = [o["op_name"] for o in it._get_ops_details() for name in buffers if inputs[name] in o["inputs"]]
+    assert readers and set(readers) == {"QUANTIZE"}, readers
