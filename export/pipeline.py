@@ -93,12 +93,8 @@ def export(model: str | torch.nn.Module, *, target: str, out: str | Path = "out"
                 raise StexportError(f"cannot load a released checkpoint into unregistered module {name!r}")
             load_checkpoint(module, checkpoint, entry)
     vm: VideoModel = module
-    refold = getattr(vm, "refold", None)  # models that cache folded weights rebuild them from the parameters now
-    if callable(refold):
-        refold()
-    in_layout = getattr(vm, "with_step_layout", None)  # a step with a layout choice: the target's (a copy if new)
-    if callable(in_layout):
-        vm = in_layout(tgt.step_layout)
+    vm.refold()  # models that cache folded weights rebuild them from the (possibly just loaded) parameters
+    vm = vm.with_step_layout(tgt.step_layout)  # a step with a layout choice takes the target's (a copy if new)
     form = form or ("stream" if vm.streaming else "clip")
     spec = build_spec(vm, form=form)
     graph = GraphModule(vm, spec).eval()

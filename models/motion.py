@@ -72,6 +72,7 @@ def build_online_mobilenet_v2(*, num_classes: int, cfg: MobileNetV2Config = MOBI
     model = OnlineMobileNetV2(num_classes=num_classes, **kwargs)
     model.features = mobilenet_v2_features(site_style="bare", fold_div=kwargs.get("fold_div", 8), cfg=cfg)
     model.classifier = nn.Linear(cfg.last, num_classes)
+    model.refold()
     return model
 
 

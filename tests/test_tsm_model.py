@@ -181,6 +181,8 @@ class LastState:
 
 
 def test_online_mobilenetv2_matches_reference(tmp_path: Path) -> None:
+    """The clip forward (the authors' modules) matches every recorded probe; ``step`` (folded weights) matches the
+    per-frame logits, pooled features and final shift buffers in both step layouts."""
     fix = load_fixture(ONLINE_FIX)
     out = fix["outputs"]
     ck = write_checkpoint(tmp_path / "mobilenetv2_jester_online.pth.tar", filled_state_dict(fix))
@@ -193,21 +195,25 @@ def test_online_mobilenetv2_matches_reference(tmp_path: Path) -> None:
 
     x = torch.from_numpy(clip_input(fix))
     probes = [p["name"] for p in out["probes_first_frame"]]
-    rec = LastState(model)
-    with capture(model, probes) as seen:
-        per_frame = stream_logits(rec, x)
-    assert max_err(per_frame[0], out["per_frame_logits"]) <= 1e-5
-    assert max_err(torch.cat(seen["classifier:input"]), out["per_frame_pooled_features"]) <= 1e-5
-    for first, last in zip(out["probes_first_frame"], out["probes_last_frame"], strict=True):
-        check_probe(seen[first["name"]][0], first, 1e-5, f"frame 0 {first['name']}")
-        check_probe(seen[last["name"]][-1], last, 1e-5, f"frame 7 {last['name']}")
-
-    for i, p in enumerate(out["final_shift_buffers_probes"]):
-        check_probe(rec.state[f"shift_{i}"], p, 1e-5, f"final shift_{i}")
-
-    with torch.no_grad():  # the causal clip forward is the same network run at once
-        assert max_err(model.forward_frames(x)[0], out["per_frame_logits"]) <= 1e-5
+    with torch.no_grad(), capture(model, probes) as seen:  # the causal clip forward: frames are the batch
+        per_frame = model.forward_frames(x)
         assert max_err(model(x)[0], out["logits"]) <= 1e-5
+    assert max_err(per_frame[0], out["per_frame_logits"]) <= 1e-5
+    assert max_err(seen["classifier:input"][0], out["per_frame_pooled_features"]) <= 1e-5
+    for first, last in zip(out["probes_first_frame"], out["probes_last_frame"], strict=True):
+        check_probe(seen[first["name"]][0][:1], first, 1e-5, f"frame 0 {first['name']}")
+        check_probe(seen[last["name"]][0][-1:], last, 1e-5, f"frame 7 {last['name']}")
+
+    for layout in ("nchw", "nhwc"):
+        stepping = model.with_step_layout(layout)
+        rec = LastState(stepping)
+        with capture(stepping, ["classifier:input"]) as seen:
+            stepped = stream_logits(rec, x)
+        assert max_err(stepped[0], out["per_frame_logits"]) <= 1e-5, layout
+        assert max_err(torch.cat(seen["classifier:input"]), out["per_frame_pooled_features"]) <= 1e-5, layout
+        for i, p in enumerate(out["final_shift_buffers_probes"]):
+            buf = rec.state[f"shift_{i}"]
+            check_probe(buf.permute(0, 3, 1, 2) if layout == "nhwc" else buf, p, 1e-5, f"{layout} final shift_{i}")
 
 
 def test_online_state_is_carried_and_not_mutated() -> None:
