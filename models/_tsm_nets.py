@@ -123,9 +123,9 @@ class OnlineTSM(StreamModel):
 
     def init_state(self, batch_size: int = 1) -> State:
         """Zero shift buffers ``{shift_i: [N, C_i//8, H_i, W_i]}`` (step layout ``"nhwc"``: ``[N, H_i, W_i,
-        C_i//8]``); zeros = no previous frame."""
+        C_i//8]``) in the parameters' dtype; zeros = no previous frame."""
         return init_shift_state(self, batch_size=batch_size, frame_hw=self.frame_size(),
-                                channels_last=self.layout.channels_last)
+                                channels_last=self.layout.channels_last, dtype=next(self.parameters()).dtype)
 
     def state_names(self) -> list[str]:
         return [name for name, _ in shift_sites(self)]

@@ -144,10 +144,10 @@ def shift_sites(module: nn.Module) -> list[tuple[str, TemporalShift]]:
 
 
 def init_shift_state(module: nn.Module, *, batch_size: int, frame_hw: tuple[int, int],
-                     channels_last: bool = False) -> dict[str, Tensor]:
+                     channels_last: bool = False, dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
     """Zero buffers ``{shift_i: [N, C_i//fold_div, H_i, W_i]}`` (``channels_last``: ``[N, H_i, W_i, C_i//fold_div]``)
     for every site of ``module`` (= frame 0)."""
-    return {name: torch.zeros(site.buffer_shape(batch_size, frame_hw, channels_last=channels_last))
+    return {name: torch.zeros(site.buffer_shape(batch_size, frame_hw, channels_last=channels_last), dtype=dtype)
             for name, site in shift_sites(module)}
 
 
