@@ -80,6 +80,9 @@ def export(model: str | torch.nn.Module, *, target: str, out: str | Path = "out"
         else:
             if options:
                 raise StexportError("options apply to a model given by name; set them on the module instead")
+            if not isinstance(model, VideoModel):
+                raise StexportError(f"{type(model).__name__} is not a stexport model: subclass "
+                                    "stexport.models.StreamModel or ClipModel (see stexport.models.VideoModel)")
             name = str(getattr(model, "registry_name", type(model).__name__.lower()))
             entry = _entry_or_none(name)
             module = model.eval()

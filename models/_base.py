@@ -99,8 +99,8 @@ class VideoModel(nn.Module):
         return self
 
     def state_layouts(self) -> dict[str, str]:
-        """Axis names of the states whose layout is not the default for their rank (``"NCHW"`` truncated), for the
-        manifest: ``{state name: layout}``, e.g. ``{"shift_0": "NHWC"}``. Default: none."""
+        """Axis names of each state for the manifest, ``{state name: layout}`` (e.g. ``{"shift_0": "NHWC"}``); a state
+        left out gets the default for its rank (``"NCHW"`` truncated). Default: every state left out."""
         return {}
 
     def frame_size(self) -> tuple[int, int]:
