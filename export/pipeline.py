@@ -81,6 +81,9 @@ def export(model: str | torch.nn.Module, *, target: str, out: str | Path = "out"
         else:
             if options:
                 raise StexportError("options apply to a model given by name; set them on the module instead")
+            if not isinstance(model, VideoModel):
+                raise StexportError(f"{type(model).__name__} is not a stexport model: subclass "
+                                    "stexport.models.StreamModel or ClipModel (see stexport.models.VideoModel)")
             name = str(getattr(model, "registry_name", type(model).__name__.lower()))
             entry = _entry_or_none(name)
             module = model.eval()
@@ -94,12 +97,9 @@ def export(model: str | torch.nn.Module, *, target: str, out: str | Path = "out"
                 raise StexportError(f"cannot load a released checkpoint into unregistered module {name!r}")
             load_checkpoint(module, checkpoint, entry)
     vm: VideoModel = module
-    refold = getattr(vm, "refold", None)  # models that cache folded weights rebuild them from the parameters now
-    if callable(refold):
-        refold()
-    in_layout = getattr(vm, "with_step_layout", None)  # a step with a layout choice: the target's (a copy if new)
-    if callable(in_layout):  # full int8: the op forms that integer kernels run
-        vm = in_layout(tgt.step_layout, integer=precision in CALIBRATED)
+    vm.refold()  # models that cache folded weights rebuild them from the (possibly just loaded) parameters
+    # a step with a layout choice takes the target's (a copy if new); full int8: the op forms integer kernels run
+    vm = vm.with_step_layout(tgt.step_layout, integer=precision in CALIBRATED)
     form = form or ("stream" if vm.streaming else "clip")
     spec = build_spec(vm, form=form)
     graph = GraphModule(vm, spec).eval()

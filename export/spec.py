@@ -10,11 +10,14 @@ from __future__ import annotations
 import inspect
 import types
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from stexport.models import VideoModel
 
 Form = Literal["stream", "clip"]
 
@@ -102,28 +105,29 @@ def _state_layout(shape: tuple[int, ...]) -> str:
     return "NCHW"[: len(shape)] if len(shape) <= 4 else ""
 
 
-def build_spec(model: nn.Module, *, form: Form, batch_size: int = 1) -> IOSpec:
-    """Derive the contract from the model itself (``init_state`` names and shapes, a probe for logits)."""
-    num_classes = int(model.num_classes)  # type: ignore[arg-type]
-    h, w = model.frame_size()  # type: ignore[operator]
+def build_spec(model: VideoModel, *, form: Form, batch_size: int = 1) -> IOSpec:
+    """Derive the contract from the model itself (``init_state`` names and shapes, ``state_layouts``, a probe for
+    the extra clip outputs)."""
+    num_classes = int(model.num_classes)
+    h, w = model.frame_size()
     logits = TensorSpec("logits", (batch_size, num_classes), role="logits", layout="NK")
     if form == "clip":
         from stexport.models import pack_clip
 
         layout = str(model.clip_layout)
-        t = int(model.num_frames)  # type: ignore[arg-type]
+        t = int(model.num_frames)
         shape = tuple(pack_clip(torch.empty(batch_size, 3, t, h, w, device="meta"), layout).shape)
         clip = TensorSpec("clip", shape, layout=layout, role="clip")
-        extra = [n for n in model.clip_outputs if n != "logits"]  # type: ignore[union-attr]
+        extra = [n for n in model.clip_outputs if n != "logits"]
         if not extra:
             return IOSpec("clip", (clip,), (logits,))
         with torch.no_grad():  # shapes of the extra outputs, from one probe run
-            probe = model.forward_packed_outputs(torch.zeros(shape))  # type: ignore[operator]
+            probe = model.forward_packed_outputs(torch.zeros(shape))
         extra_specs = tuple(TensorSpec(n, tuple(probe[n].shape), role="extra") for n in extra)
         return IOSpec("clip", (clip,), (logits, *extra_specs))
-    init = model.init_state(batch_size)  # type: ignore[operator]
-    layouts: dict[str, str] = model.state_layouts() if hasattr(model, "state_layouts") else {}  # type: ignore[operator]
-    kinds: dict[str, str] = model.state_kinds()  # type: ignore[operator]
+    init = model.init_state(batch_size)
+    layouts = model.state_layouts()
+    kinds = model.state_kinds()
     states = []
     for name, value in init.items():
         if not name.isidentifier() or name.lower() != name or name in ("frame", "logits", "clip"):

@@ -8,11 +8,15 @@
   never a module attribute; ``step`` never mutates the tensors it is given.
   Causal stream models (`StreamModel`) implement ``step`` natively. Clip models (`ClipModel`) get it from a
   ring buffer of the last T frames in their packed layout (every step costs one full clip).
+* Every model: ``refold()`` rebuilds whatever the model caches from its parameters (a step on BatchNorm-folded
+  weights: MoViNet stream, online TSM; a no-op elsewhere); ``with_step_layout("nhwc" | "nchw")`` gives the model
+  (or a copy with the same weights) whose ``step`` runs its 4D tensors channels-last or channels-first (a no-op
+  where ``step`` has no layout choice); ``state_layouts()`` names the axes of each state for the manifest.
 """
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Self
 
 import torch
 from torch import Tensor, nn
@@ -78,6 +82,26 @@ class VideoModel(nn.Module):
 
     def step(self, frame: Tensor, state: State) -> tuple[Tensor, State]:
         raise NotImplementedError
+
+    def refold(self) -> None:
+        """Rebuild every tensor the model derives from its parameters (e.g. BatchNorm folded into ``step``'s conv
+        weights) from their current values. The exporter calls it after loading weights; models that cache nothing
+        inherit this no-op."""
+
+    def with_step_layout(self, name: str, *, integer: bool = False) -> Self:
+        """The model whose ``step`` keeps the channels of its 4D tensors where ``name`` says: ``"nhwc"``
+        (``[N, H, W, C]``, LiteRT's layout) or ``"nchw"`` (``[N, C, H, W]``), written with op forms that integer
+        kernels run if ``integer`` (full-int8 exports); ``self`` if it already is, else a copy with the same weights
+        (its state shapes follow the layout; the frame stays ``[N, 3, H, W]``). The exporter asks for the target's
+        `Target.step_layout`. Default: ``step`` has no such choice, so ``self`` for either name."""
+        if name not in ("nhwc", "nchw"):
+            raise ValueError(f"step layout must be 'nhwc' or 'nchw', got {name!r}")
+        return self
+
+    def state_layouts(self) -> dict[str, str]:
+        """Axis names of each state for the manifest, ``{state name: layout}`` (e.g. ``{"shift_0": "NHWC"}``); a state
+        left out gets the default for its rank (``"NCHW"`` truncated). Default: every state left out."""
+        return {}
 
     def frame_size(self) -> tuple[int, int]:
         return (self.input_size, self.input_size)

@@ -10,17 +10,24 @@ Module keys equal the authors' (``archs/mobilenet_v2.py``, ``online_demo/mobilen
 
 ``site_style="wrap"`` wraps the conv (keys ``....conv.0.net.weight`` / ``....conv1.net.weight``, TSN layout);
 ``"bare"`` puts a parameter-free site in front of the block's branch (keys unchanged, online-demo layout).
-Every forward takes ``(x [B, 3, H, W], io: ShiftIO)`` and returns pooled features ``[B, feature_dim]``.
+Every forward takes ``(x [B, 3, H, W], io: ShiftIO)`` and returns pooled features ``[B, feature_dim]``: the
+reference, with the modules as the authors wrote them. ``step(x, io, layout=...)`` computes the same on folded
+weights (`Folding`) in a `StepLayout`: channels-last ``x [B, H, W, 3]`` for LiteRT (no layout transposes in the
+graph), or NCHW; it is what the online models' stream step runs.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ._layers import NonNegativeMaxPool2d
+from ._movinet_layers import StepLayout
+from ._tsm_fold import Folding, in_layout
 from ._tsm_shift import ShiftAware, ShiftIO, TemporalShift, run_layers
 
 SiteStyle = Literal["wrap", "bare"]
@@ -29,6 +36,13 @@ SiteStyle = Literal["wrap", "bare"]
 def _conv_bn_relu6(inp: int, oup: int, *, kernel: int, stride: int, groups: int = 1) -> list[nn.Module]:
     return [nn.Conv2d(inp, oup, kernel, stride, kernel // 2, groups=groups, bias=False), nn.BatchNorm2d(oup),
             nn.ReLU6()]
+
+
+def _shift_in_step(bare: TemporalShift | None, first: nn.Module, x: Tensor, io: ShiftIO) -> Tensor:
+    """The branch input of a block in ``step``: ``x`` shifted by the block's site (``bare``, or the ``first`` layer
+    of the branch when that is a site wrapping the conv, which ``step`` then runs folded), or ``x``."""
+    site = bare if bare is not None else first if isinstance(first, TemporalShift) else None
+    return io.shift(site, x) if site is not None else x
 
 
 # ---- MobileNetV2 (width 1.0) ----
@@ -43,7 +57,7 @@ class MobileNetV2Config:
         (1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
 
 
-class InvertedResidual(ShiftAware):
+class InvertedResidual(ShiftAware, Folding):
     """``x + conv(x)`` (identity shortcut) or ``conv(x)``; ``conv`` = [pw, bn, relu6,] dw, bn, relu6, pw, bn."""
 
     def __init__(self, inp: int, oup: int, *, stride: int, expand: int, halvings: int,
@@ -70,9 +84,36 @@ class InvertedResidual(ShiftAware):
         h = run_layers(self.conv, h, io)
         return x + h if self.use_res_connect else h
 
+    def fold_runs(self) -> dict[str, Iterable[nn.Module]]:
+        return {"conv": self.conv}
+
+    def step(self, x: Tensor, io: ShiftIO, *, layout: StepLayout) -> Tensor:
+        """``x`` ``[B, H, W, inp]`` (NHWC shown, or ``layout``) -> ``[B, H/stride, W/stride, oup]``, folded."""
+        h = self.run_folded("conv", _shift_in_step(self.shift, self.conv[0], x, io), layout=layout)
+        return x + h if self.use_res_connect else h
+
+
+class MobileNetV2Features(Folding, nn.Sequential):
+    """``features``: ``[0]`` the stem (conv s2, BN, ReLU6), the `InvertedResidual` blocks, ``[-1]`` the last 1x1 conv
+    (keys ``features.<i>.*``, an `nn.Sequential` as the authors'); ``step`` runs all of it folded."""
+
+    def fold_runs(self) -> dict[str, Iterable[nn.Module]]:
+        stem, last = self[0], self[-1]
+        assert isinstance(stem, nn.Sequential) and isinstance(last, nn.Sequential)
+        return {"stem": stem, "last": last}
+
+    def step(self, x: Tensor, io: ShiftIO, *, layout: StepLayout) -> Tensor:
+        """``x`` ``[B, H, W, 3]`` (NHWC shown, or ``layout``) -> spatially averaged features ``[B, C_last]``."""
+        layers = list(self)
+        x = self.run_folded("stem", x, layout=layout)
+        for block in layers[1:-1]:
+            assert isinstance(block, InvertedResidual)
+            x = block.step(x, io, layout=layout)
+        return layout.spatial_mean(self.run_folded("last", x, layout=layout))
+
 
 def mobilenet_v2_features(*, site_style: SiteStyle | None, fold_div: int = 8,
-                          cfg: MobileNetV2Config = MobileNetV2Config()) -> nn.Sequential:
+                          cfg: MobileNetV2Config = MobileNetV2Config()) -> MobileNetV2Features:
     """``features``: stem conv (s2), the inverted residual blocks, the final 1x1 conv to ``cfg.last`` channels."""
     layers: list[nn.Module] = [nn.Sequential(*_conv_bn_relu6(3, cfg.stem, kernel=3, stride=2))]
     inp, halvings = cfg.stem, 1
@@ -83,7 +124,7 @@ def mobilenet_v2_features(*, site_style: SiteStyle | None, fold_div: int = 8,
                                            site_style=site_style, fold_div=fold_div))
             inp, halvings = c, halvings + (stride == 2)
     layers.append(nn.Sequential(*_conv_bn_relu6(inp, cfg.last, kernel=1, stride=1)))
-    return nn.Sequential(*layers)
+    return MobileNetV2Features(*layers)
 
 
 def mobilenet_v2_embed(features: nn.Sequential, x: Tensor, io: ShiftIO) -> Tensor:
@@ -103,6 +144,10 @@ class MobileNetV2(ShiftAware):
     def forward(self, x: Tensor, io: ShiftIO) -> Tensor:
         return mobilenet_v2_embed(self.features, x, io)
 
+    def step(self, x: Tensor, io: ShiftIO, *, layout: StepLayout) -> Tensor:
+        """``x`` ``[B, H, W, 3]`` (NHWC shown, or ``layout``) -> pooled features ``[B, 1280]``, folded."""
+        return self.features.step(x, io, layout=layout)
+
 
 # ---- ResNet-50 (torchvision layout: stride on the 3x3 conv) ----
 
@@ -114,7 +159,7 @@ class ResNetConfig:
     stem: int = 64
 
 
-class Bottleneck(ShiftAware):
+class Bottleneck(ShiftAware, Folding):
     """``relu(bn3(conv3(relu(bn2(conv2(relu(bn1(conv1(shift(x))))))))) + shortcut(x))``."""
 
     def __init__(self, inp: int, width: int, *, stride: int, expansion: int, halvings: int,
@@ -138,16 +183,30 @@ class Bottleneck(ShiftAware):
         if stride != 1 or inp != out:
             self.downsample = nn.Sequential(nn.Conv2d(inp, out, 1, stride, bias=False), nn.BatchNorm2d(out))
 
+    def _branch(self) -> list[nn.Module]:
+        return [self.conv1, self.bn1, self.relu, self.conv2, self.bn2, self.relu, self.conv3, self.bn3]
+
     def forward(self, x: Tensor, io: ShiftIO) -> Tensor:
         """``x`` ``[B, inp, H, W]`` -> ``[B, width*4, H/stride, W/stride]``."""
         h = self.shift(x, io) if self.shift is not None else x
-        h = run_layers([self.conv1, self.bn1, self.relu, self.conv2, self.bn2, self.relu, self.conv3, self.bn3],
-                       h, io)
+        h = run_layers(self._branch(), h, io)
         shortcut = self.downsample(x) if self.downsample is not None else x
         return self.relu(h + shortcut)
 
+    def fold_runs(self) -> dict[str, Iterable[nn.Module]]:
+        runs: dict[str, Iterable[nn.Module]] = {"branch": self._branch()}
+        if isinstance(self.downsample, nn.Sequential):
+            runs["down"] = self.downsample
+        return runs
 
-class ResNet(ShiftAware):
+    def step(self, x: Tensor, io: ShiftIO, *, layout: StepLayout) -> Tensor:
+        """``x`` ``[B, H, W, inp]`` (NHWC shown, or ``layout``) -> ``[B, H/stride, W/stride, width*4]``, folded."""
+        h = self.run_folded("branch", _shift_in_step(self.shift, self.conv1, x, io), layout=layout)
+        shortcut = self.run_folded("down", x, layout=layout) if self.downsample is not None else x
+        return F.relu(h + shortcut)
+
+
+class ResNet(ShiftAware, Folding):
     """TSN's ``base_model`` for ResNet-50 (its ``fc``, a Dropout in TSN, is omitted: identity in eval)."""
 
     def __init__(self, *, site_style: SiteStyle | None = "wrap", fold_div: int = 8,
@@ -176,6 +235,19 @@ class ResNet(ShiftAware):
         for i in range(self.num_stages):
             x = run_layers(getattr(self, f"layer{i + 1}"), x, io)
         return self.avgpool(x).flatten(1)
+
+    def fold_runs(self) -> dict[str, Iterable[nn.Module]]:
+        return {"stem": [self.conv1, self.bn1, self.relu]}
+
+    def step(self, x: Tensor, io: ShiftIO, *, layout: StepLayout) -> Tensor:
+        """``x`` ``[B, H, W, 3]`` (NHWC shown, or ``layout``) -> pooled features ``[B, 2048]``, folded."""
+        pool, p = self.maxpool, self.maxpool.padding
+        x = layout.pad(self.run_folded("stem", x, layout=layout), (p, p, p, p))  # zeros: after a ReLU
+        x = in_layout(layout, lambda t: F.max_pool2d(t, pool.kernel_size, pool.stride), x)
+        for i in range(self.num_stages):
+            for block in getattr(self, f"layer{i + 1}"):
+                x = block.step(x, io, layout=layout)
+        return layout.spatial_mean(x)
 
 
 def build_backbone(name: str, *, site_style: SiteStyle | None, fold_div: int = 8) -> MobileNetV2 | ResNet:

@@ -13,7 +13,8 @@ explicitly (no module attribute changes, no hidden state):
   frame t-1's (zeros at frame 0), the rest stay. Causal; equal to stepping frame by frame.
 * ``ShiftIO.stream(buffers)``: one frame ``[N, C, H, W]``: channels ``[0, fold)`` are replaced by the site's
   buffer (the previous frame's first ``fold`` channels) and the current frame's first ``fold`` channels become the
-  site's next buffer (``online_demo/mobilenet_v2_tsm.py``, ``InvertedResidualWithShift``).
+  site's next buffer (``online_demo/mobilenet_v2_tsm.py``, ``InvertedResidualWithShift``). With
+  ``channel_axis=3`` the same on channels-last frames ``[N, H, W, C]`` and buffers ``[N, H, W, fold]``.
 
 Every shift is slicing + zero padding (`F.pad`) + concatenation on at most 4D tensors. The authors' offline
 version writes into ``torch.zeros_like(x)`` by slice assignment, which exporters trace as a constant
@@ -56,11 +57,13 @@ def shift_unidirectional(x: Tensor, *, n_segment: int, fold_div: int) -> Tensor:
     return torch.cat([past, v[:, :, fold:]], dim=2).reshape(nt, c, h, w)
 
 
-def shift_stream(x: Tensor, buffer: Tensor, *, fold_div: int) -> tuple[Tensor, Tensor]:
+def shift_stream(x: Tensor, buffer: Tensor, *, fold_div: int, channel_axis: int = 1) -> tuple[Tensor, Tensor]:
     """One frame ``x`` ``[N, C, H, W]`` and the previous frame's ``buffer`` ``[N, C//fold_div, H, W]`` ->
-    (shifted input, next buffer = a copy of ``x[:, :C//fold_div]``)."""
-    fold = x.shape[1] // fold_div
-    return torch.cat([buffer, x[:, fold:]], dim=1), x[:, :fold].clone()
+    (shifted input, next buffer = a copy of ``x[:, :C//fold_div]``). ``channel_axis=3``: ``x`` ``[N, H, W, C]``,
+    ``buffer`` ``[N, H, W, C//fold_div]``."""
+    fold = x.shape[channel_axis] // fold_div
+    rest = x.narrow(channel_axis, fold, x.shape[channel_axis] - fold)
+    return torch.cat([buffer, rest], dim=channel_axis), x.narrow(channel_axis, 0, fold).clone()
 
 
 @dataclass(eq=False)
@@ -71,21 +74,23 @@ class ShiftIO:
     n_segment: int = 1
     buffers: Mapping[nn.Module, Tensor] = field(default_factory=dict)
     next_buffers: dict[nn.Module, Tensor] = field(default_factory=dict)
+    channel_axis: int = 1  # stream mode: 1 for NCHW frames, 3 for channels-last NHWC
 
     @classmethod
     def clip(cls, n_segment: int, *, bidirectional: bool) -> ShiftIO:
         return cls("bidirectional" if bidirectional else "unidirectional", n_segment)
 
     @classmethod
-    def stream(cls, buffers: Mapping[nn.Module, Tensor]) -> ShiftIO:
-        return cls("stream", 1, buffers)
+    def stream(cls, buffers: Mapping[nn.Module, Tensor], *, channel_axis: int = 1) -> ShiftIO:
+        return cls("stream", 1, buffers, channel_axis=channel_axis)
 
     def shift(self, site: TemporalShift, x: Tensor) -> Tensor:
         if self.mode == "bidirectional":
             return shift_bidirectional(x, n_segment=self.n_segment, fold_div=site.fold_div)
         if self.mode == "unidirectional":
             return shift_unidirectional(x, n_segment=self.n_segment, fold_div=site.fold_div)
-        shifted, self.next_buffers[site] = shift_stream(x, self.buffers[site], fold_div=site.fold_div)
+        shifted, self.next_buffers[site] = shift_stream(x, self.buffers[site], fold_div=site.fold_div,
+                                                        channel_axis=self.channel_axis)
         return shifted
 
 
@@ -116,12 +121,15 @@ class TemporalShift(ShiftAware):
     def forward(self, x: Tensor, io: ShiftIO) -> Tensor:
         return self.net(io.shift(self, x))
 
-    def buffer_shape(self, batch_size: int, frame_hw: tuple[int, int]) -> tuple[int, int, int, int]:
-        """``[N, C//fold_div, H', W']`` with H', W' the site's feature size for frames of ``frame_hw``."""
+    def buffer_shape(self, batch_size: int, frame_hw: tuple[int, int], *, channels_last: bool = False
+                     ) -> tuple[int, int, int, int]:
+        """``[N, C//fold_div, H', W']`` (``channels_last``: ``[N, H', W', C//fold_div]``) with H', W' the site's
+        feature size for frames of ``frame_hw``."""
         h, w = frame_hw
         for _ in range(self.halvings):  # every stride-2 layer of these nets maps s -> ceil(s / 2)
             h, w = (h + 1) // 2, (w + 1) // 2
-        return (batch_size, self.channels // self.fold_div, h, w)
+        fold = self.channels // self.fold_div
+        return (batch_size, h, w, fold) if channels_last else (batch_size, fold, h, w)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, fold_div={self.fold_div}, halvings={self.halvings}"
@@ -135,19 +143,23 @@ def shift_sites(module: nn.Module) -> list[tuple[str, TemporalShift]]:
     return [(f"shift_{i}", s) for i, s in enumerate(sites)]
 
 
-def init_shift_state(module: nn.Module, *, batch_size: int, frame_hw: tuple[int, int]) -> dict[str, Tensor]:
-    """Zero buffers ``{shift_i: [N, C_i//fold_div, H_i, W_i]}`` for every site of ``module`` (= frame 0)."""
-    return {name: torch.zeros(site.buffer_shape(batch_size, frame_hw)) for name, site in shift_sites(module)}
+def init_shift_state(module: nn.Module, *, batch_size: int, frame_hw: tuple[int, int],
+                     channels_last: bool = False, dtype: torch.dtype = torch.float32) -> dict[str, Tensor]:
+    """Zero buffers ``{shift_i: [N, C_i//fold_div, H_i, W_i]}`` (``channels_last``: ``[N, H_i, W_i, C_i//fold_div]``)
+    for every site of ``module`` (= frame 0)."""
+    return {name: torch.zeros(site.buffer_shape(batch_size, frame_hw, channels_last=channels_last), dtype=dtype)
+            for name, site in shift_sites(module)}
 
 
 def step_with_shift_state(module: nn.Module, run: Callable[[Tensor, ShiftIO], Tensor], frame: Tensor,
-                          state: Mapping[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-    """One causal step: ``run(frame, io)`` with every site of ``module`` reading its buffer from ``state``;
-    returns the output and the new buffers (fresh tensors; ``state`` is not modified)."""
+                          state: Mapping[str, Tensor], *, channel_axis: int = 1) -> tuple[Tensor, dict[str, Tensor]]:
+    """One causal step: ``run(frame, io)`` with every site of ``module`` reading its buffer from ``state``
+    (channels on ``channel_axis`` of the frame and buffers); returns the output and the new buffers (fresh
+    tensors; ``state`` is not modified)."""
     sites = shift_sites(module)
     missing = [name for name, _ in sites if name not in state]
     if missing:
         raise KeyError(f"state lacks shift buffers {missing}; start from model.init_state()")
-    io = ShiftIO.stream({site: state[name] for name, site in sites})
+    io = ShiftIO.stream({site: state[name] for name, site in sites}, channel_axis=channel_axis)
     out = run(frame, io)
     return out, {name: io.next_buffers[site] for name, site in sites}

@@ -73,6 +73,7 @@ def build_online_mobilenet_v2(*, num_classes: int, num_frames: int = FRAMES, inp
                               fold_div=fold_div)
     model.features = mobilenet_v2_features(site_style="bare", fold_div=fold_div, cfg=cfg)
     model.classifier = nn.Linear(cfg.last, num_classes)
+    model.refold()
     return model
 
 

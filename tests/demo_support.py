@@ -285,8 +285,7 @@ def calibrated(name: str) -> Any:
         with torch.no_grad():
             model(clip.transpose(0, 1).unsqueeze(0))
     model.eval()
-    if callable(getattr(model, "refold", None)):  # models that fold BatchNorm into step weights (MoViNet stream)
-        model.refold()
+    model.refold()  # models that fold BatchNorm into step weights (MoViNet stream, online TSM); else a no-op
     return model
 
 

@@ -13,7 +13,7 @@ import torch
 from conftest import clip_input, load_fixture, max_err, released_checkpoint
 
 import stexport
-from stexport.graphcheck import onnx_max_rank, tflite_max_rank, tflite_partitions
+from stexport.graphcheck import onnx_max_rank, tflite_max_rank, tflite_ops, tflite_partitions
 from stexport.models import pack_clip
 from stexport.spec import IOSpec, build_spec
 from stexport.targets import TARGETS
@@ -32,9 +32,34 @@ CASES = {
 DEFAULT = {"movinet_a0_stream", "movinet_a2_stream", "squeezetime", "tsm_mobilenetv2_online", "blvnet_tam_r50"}
 # the seed-002 reference LiteRT sample's A0 stream graph: 428 ops in 16 XNNPACK partitions (see the README)
 PEER_A0_TFLITE_OPS = 428
+# the NCHW online TSM MobileNetV2 step in LiteRT had 121 ops, 22 of them layout TRANSPOSEs; the NHWC step: 100, 1
+TSM_ONLINE_TFLITE_OPS = 100
 PARAMS = [pytest.param(m, t, id=f"{m}-{t}", marks=() if m in DEFAULT or (m, t) == ("tsm_mobilenetv2", "onnx")
                        else pytest.mark.slow)
           for m in CASES for t in TARGETS if (m, t) != ("movinet_a0", "executorch")]  # no Conv3d in ExecuTorch
+
+
+def check_tsm_online_tflite(artifact: Path, *, max_ops: int) -> None:
+    """The NHWC online TSM step: no layout TRANSPOSE but the input frame's, the whole step in one XNNPACK
+    partition, at most ``max_ops`` operators."""
+    ops = tflite_ops(artifact)
+    assert ops["TRANSPOSE"] <= 1, ops
+    graph = tflite_partitions(artifact)
+    assert graph["delegate_partitions"] == 1 and graph["ops_total"] <= max_ops, graph
+
+
+def check_state_layouts(model: torch.nn.Module, spec: IOSpec, target: str) -> None:
+    """The stream step's layout is the target's (channels-last for LiteRT only) and the states say so: a
+    channels-last state is the NCHW step's state with its channels moved last, every other state is unchanged."""
+    nchw = {k: tuple(v.shape) for k, v in model.with_step_layout("nchw").init_state().items()}
+    last = {s.name for s in spec.states if s.layout in ("NHWC", "N(T*H)WC")}
+    first = {s.name for s in spec.states if s.layout in ("NCHW", "NC(T*H)W")}
+    assert (last, first) == ((last | first, set()) if target == "tflite" else (set(), last | first)), spec.states
+    for s in spec.states:
+        want = nchw[s.name]
+        if s.name in last:  # [N, C, H, W] -> [N, H, W, C]
+            want = (want[0], *want[2:], want[1])
+        assert s.shape == want, (s, nchw[s.name])
 
 
 def _runner(target: str, bundle: Path, spec):  # type: ignore[no-untyped-def]
@@ -92,12 +117,13 @@ def test_export_reproduces_authors_outputs(tmp_path: Path, name: str, target: st
         graph = tflite_partitions(artifact)
         assert graph["delegate_partitions"] == 1, graph
         assert name != "movinet_a0_stream" or graph["ops_total"] < PEER_A0_TFLITE_OPS, graph  # measured: 317
+    if name == "tsm_mobilenetv2_online" and target == "tflite":
+        check_tsm_online_tflite(artifact, max_ops=TSM_ONLINE_TFLITE_OPS)
     if name.startswith("movinet") and target == "executorch":  # ... and in one XNNPACK delegate call
         assert manifest["converter"]["delegate_calls"] == 1, manifest["converter"]
     spec = IOSpec.from_json(manifest)
     if model.streaming:  # the step's layout is the target's; the states say so
-        deep = [s for s in spec.states if s.name.endswith("_deep_buf")]
-        assert not deep or {s.layout for s in deep} == {"N(T*H)WC" if target == "tflite" else "NC(T*H)W"}, deep
+        check_state_layouts(model, spec, target)
     want = np.asarray(fix["outputs"][output], np.float64)
     got = _run_fixture(model, _runner(target, bundle, spec), fix, output)
     err = max_err(got, want)
@@ -134,6 +160,8 @@ def test_executorch_refuses_conv3d_clearly(tmp_path: Path) -> None:
     assert not any(tmp_path.rglob("manifest.json"))
 
 
+# ResNet-50 online's NHWC step in LiteRT (16 shift sites), measured: 126 ops, 1 TRANSPOSE, 1 XNNPACK partition
+TSM_R50_ONLINE_TFLITE_OPS = 126
 # models without an authors' fixture: the fixtures' fill rule gives them non-trivial weights; the parity gate
 # (artifact vs PyTorch over 16 streamed frames, and PyTorch stream vs clip) is the check
 UNFIXTURED = ["tsm_resnet50_online", "movinet_a0_stream_ensemble",
@@ -148,8 +176,12 @@ def test_export_without_fixture_passes_gate(tmp_path: Path, name: str, target: s
     model = fill_model(stexport.create_model(name))
     model.registry_name = name
     bundle = stexport.export(model, target=target, out=tmp_path, steps=16)
-    parity = json.loads((bundle / "manifest.json").read_text())["parity"]
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    parity = manifest["parity"]
     assert parity["passed"] and "warning" not in parity, parity
+    check_state_layouts(model, IOSpec.from_json(manifest), target)
     if target != "coreml":
         assert parity["steps"] == 16 and parity["max_abs_err"]["logits"] <= 1e-4
         assert parity["pytorch_stream_vs_clip"]["passed"]
+    if name.startswith("tsm") and target == "tflite":
+        check_tsm_online_tflite(bundle / manifest["artifact"]["file"], max_ops=TSM_R50_ONLINE_TFLITE_OPS)

@@ -55,6 +55,23 @@ def test_ring_buffer_form_of_clip_model() -> None:
     assert torch.allclose(logits, m(clip), atol=1e-6)
 
 
+def test_model_protocol_defaults() -> None:
+    """Every model has ``refold``, ``with_step_layout`` and ``state_layouts``; a model that caches nothing and has
+    no layout choice gets no-ops, and the spec falls back to NCHW-style layouts by rank."""
+    m = TinyStream().eval()
+    before = {k: v.clone() for k, v in m.state_dict().items()}
+    m.refold()
+    assert all(torch.equal(v, before[k]) for k, v in m.state_dict().items())
+    assert m.with_step_layout("nhwc") is m and m.with_step_layout("nchw") is m
+    with pytest.raises(ValueError, match="'nhwc' or 'nchw'"):
+        m.with_step_layout("NHWC")
+    assert m.state_layouts() == {}
+    assert [s.layout for s in build_spec(m, form="stream").states] == ["NCHW", "NCHW", "NCHW"]
+    assert TinyClip().with_step_layout("nhwc").state_layouts() == {}
+    with pytest.raises(stexport.errors.StexportError, match="Linear is not a stexport model"):
+        stexport.export(torch.nn.Linear(2, 2), target="onnx", progress=lambda s: None)
+
+
 def test_bad_state_is_rejected() -> None:
     class Bad(TinyStream):
         def init_state(self, batch_size: int = 1) -> dict[str, torch.Tensor]:

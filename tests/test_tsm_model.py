@@ -23,7 +23,7 @@ from conftest import (
 
 import stexport
 from stexport.models import CheckpointMismatchError, ClipModel, State, StreamModel, VideoModel, create_model, get_entry
-from stexport.models._tsm_nets import TSN, OnlineTSM
+from stexport.models._tsm_nets import TSN, OnlineTSM, OnlineTSN
 from stexport.models._tsm_shift import shift_bidirectional, shift_stream, shift_unidirectional
 
 OFFLINE = {"tsm_mobilenetv2": ("tsm/mobilenetv2_k400_8f.json", 1e-5),
@@ -181,6 +181,8 @@ class LastState:
 
 
 def test_online_mobilenetv2_matches_reference(tmp_path: Path) -> None:
+    """The clip forward (the authors' modules) matches every recorded probe; ``step`` (folded weights) matches the
+    per-frame logits, pooled features and final shift buffers in both step layouts."""
     fix = load_fixture(ONLINE_FIX)
     out = fix["outputs"]
     ck = write_checkpoint(tmp_path / "mobilenetv2_jester_online.pth.tar", filled_state_dict(fix))
@@ -193,21 +195,25 @@ def test_online_mobilenetv2_matches_reference(tmp_path: Path) -> None:
 
     x = torch.from_numpy(clip_input(fix))
     probes = [p["name"] for p in out["probes_first_frame"]]
-    rec = LastState(model)
-    with capture(model, probes) as seen:
-        per_frame = stream_logits(rec, x)
-    assert max_err(per_frame[0], out["per_frame_logits"]) <= 1e-5
-    assert max_err(torch.cat(seen["classifier:input"]), out["per_frame_pooled_features"]) <= 1e-5
-    for first, last in zip(out["probes_first_frame"], out["probes_last_frame"], strict=True):
-        check_probe(seen[first["name"]][0], first, 1e-5, f"frame 0 {first['name']}")
-        check_probe(seen[last["name"]][-1], last, 1e-5, f"frame 7 {last['name']}")
-
-    for i, p in enumerate(out["final_shift_buffers_probes"]):
-        check_probe(rec.state[f"shift_{i}"], p, 1e-5, f"final shift_{i}")
-
-    with torch.no_grad():  # the causal clip forward is the same network run at once
-        assert max_err(model.forward_frames(x)[0], out["per_frame_logits"]) <= 1e-5
+    with torch.no_grad(), capture(model, probes) as seen:  # the causal clip forward: frames are the batch
+        per_frame = model.forward_frames(x)
         assert max_err(model(x)[0], out["logits"]) <= 1e-5
+    assert max_err(per_frame[0], out["per_frame_logits"]) <= 1e-5
+    assert max_err(seen["classifier:input"][0], out["per_frame_pooled_features"]) <= 1e-5
+    for first, last in zip(out["probes_first_frame"], out["probes_last_frame"], strict=True):
+        check_probe(seen[first["name"]][0][:1], first, 1e-5, f"frame 0 {first['name']}")
+        check_probe(seen[last["name"]][0][-1:], last, 1e-5, f"frame 7 {last['name']}")
+
+    for layout in ("nchw", "nhwc"):
+        stepping = model.with_step_layout(layout)
+        rec = LastState(stepping)
+        with capture(stepping, ["classifier:input"]) as seen:
+            stepped = stream_logits(rec, x)
+        assert max_err(stepped[0], out["per_frame_logits"]) <= 1e-5, layout
+        assert max_err(torch.cat(seen["classifier:input"]), out["per_frame_pooled_features"]) <= 1e-5, layout
+        for i, p in enumerate(out["final_shift_buffers_probes"]):
+            buf = rec.state[f"shift_{i}"]
+            check_probe(buf.permute(0, 3, 1, 2) if layout == "nhwc" else buf, p, 1e-5, f"{layout} final shift_{i}")
 
 
 def test_online_state_is_carried_and_not_mutated() -> None:
@@ -230,6 +236,75 @@ def test_online_state_is_carried_and_not_mutated() -> None:
             model.step(frame, {k: v for k, v in state.items() if k != "shift_9"})
 
 
+# ---- the stream step: folded weights in a step layout ----
+
+def _nhwc(shape: tuple[int, ...]) -> tuple[int, ...]:
+    n, c, h, w = shape
+    return (n, h, w, c)
+
+
+def test_step_layouts_agree_with_each_other_and_the_clip() -> None:
+    """NHWC and NCHW steps are the same computation (buffers with the channels last or second), both equal to the
+    causal clip forward (the reference), from the same weights."""
+    model = filled("tsm_mobilenetv2_online", input_size=64)
+    assert isinstance(model, OnlineTSM)
+    nhwc = model.with_step_layout("nhwc")
+    assert model.with_step_layout("nchw") is model and nhwc is not model and nhwc.with_step_layout("nhwc") is nhwc
+    with pytest.raises(ValueError, match="'nhwc' or 'nchw'"):
+        model.with_step_layout("nwhc")
+    assert set(model.state_layouts().values()) == {"NCHW"} and set(nhwc.state_layouts().values()) == {"NHWC"}
+    assert list(nhwc.state_layouts()) == list(nhwc.init_state()) == list(model.init_state())
+    assert {k: tuple(v.shape) for k, v in nhwc.init_state(2).items()} == \
+        {k: _nhwc(tuple(v.shape)) for k, v in model.init_state(2).items()}
+    assert not any("fused" in k for k in nhwc.state_dict()) and nhwc.state_dict().keys() == model.state_dict().keys()
+
+    x = torch.from_numpy(np.random.default_rng(11).standard_normal((2, 3, 4, 64, 64)).astype(np.float32))
+    a, b = LastState(model), LastState(nhwc)
+    la, lb = stream_logits(a, x), stream_logits(b, x)
+    with torch.no_grad():
+        clip = model.forward_frames(x)
+    assert max_err(la, clip.numpy()) <= 1e-5 and max_err(lb, clip.numpy()) <= 1e-5
+    for k, v in a.state.items():
+        assert max_err(b.state[k].permute(0, 3, 1, 2), v.numpy()) <= 1e-5, k
+
+
+def test_tsn_layout_online_mobilenetv2_steps_like_its_clip() -> None:
+    """The TSN-keyed network with MobileNetV2 (sites wrapping the expansion conv) steps folded as well."""
+    model = fill_model(OnlineTSN(backbone="mobilenetv2", num_classes=5, input_size=64)).eval()
+    assert isinstance(model, OnlineTSN) and len(model.init_state()) == 10
+    x = torch.from_numpy(np.random.default_rng(13).standard_normal((1, 3, 3, 64, 64)).astype(np.float32))
+    with torch.no_grad():
+        clip = model.forward_frames(x)
+    for layout in ("nchw", "nhwc"):
+        assert max_err(stream_logits(model.with_step_layout(layout), x), clip.numpy()) <= 1e-5, layout
+
+
+def test_folded_weights_follow_the_parameters(tmp_path: Path) -> None:
+    """``step`` never runs on stale folded weights: after an in-place change, a load, ``.double()``, and in
+    inference mode it equals the clip forward, which runs the parameters themselves."""
+    model = filled("tsm_mobilenetv2_online", input_size=64, step_layout="nhwc")
+    assert isinstance(model, OnlineTSM) and model.layout.name == "nhwc"
+    x = torch.from_numpy(np.random.default_rng(17).standard_normal((1, 3, 3, 64, 64)).astype(np.float32))
+
+    def gap(m: OnlineTSM, clip: torch.Tensor) -> float:
+        with torch.no_grad():
+            return max_err(stream_logits(m, clip), m.forward_frames(clip).numpy())
+
+    before = stream_logits(model, x)
+    with torch.no_grad():
+        model.features[4].conv[1].running_var.mul_(3.0)  # in place: the eager step notices and refolds
+        model.features[4].conv[0].weight.mul_(-1.0)
+    assert gap(model, x) <= 1e-5 and (stream_logits(model, x) - before).abs().max() > 1e-3
+    other = filled("tsm_mobilenetv2_online", input_size=64)
+    model.load_state_dict(other.state_dict())  # a load refolds
+    assert max_err(stream_logits(model, x), stream_logits(other, x).numpy()) <= 1e-5
+    with torch.inference_mode():  # inference tensors have no version counter: refolds every step
+        assert max_err(stream_logits(model, x), stream_logits(other, x).numpy()) <= 1e-5
+    model.double()  # converts in place and refolds in float64
+    assert model.features.fused_stem_0_w.dtype == torch.float64
+    assert gap(model, x.double()) <= 1e-10
+
+
 # ---- online ResNet-50: the same lifting mechanism on another backbone ----
 
 def test_resnet50_online_stepping_equals_causal_clip(tmp_path: Path) -> None:
@@ -240,12 +315,16 @@ def test_resnet50_online_stepping_equals_causal_clip(tmp_path: Path) -> None:
     assert list(state0["shift_0"].shape) == [2, 8, 16, 16] and list(state0["shift_3"].shape) == [2, 32, 16, 16]
     assert list(state0["shift_15"].shape) == [2, 256, 2, 2]
     x = torch.from_numpy(np.random.default_rng(5).standard_normal((2, 3, 4, 64, 64)).astype(np.float32))
-    stepped = stream_logits(model, x)
     with torch.no_grad():
         clip = model.forward_frames(x)
-        cold = torch.stack([model.step(x[:, :, t].contiguous(), model.init_state(2))[0] for t in range(4)], 1)
-    assert max_err(stepped, clip.numpy()) <= 1e-5
-    assert (stepped[:, 1:] - cold[:, 1:]).abs().max() > 1e-3  # the buffers matter
+    for layout in ("nchw", "nhwc"):
+        stepping = model.with_step_layout(layout)
+        stepped = stream_logits(stepping, x)
+        with torch.no_grad():
+            cold = torch.stack([stepping.step(x[:, :, t].contiguous(), stepping.init_state(2))[0]
+                                for t in range(4)], 1)
+        assert max_err(stepped, clip.numpy()) <= 1e-5, layout
+        assert (stepped[:, 1:] - cold[:, 1:]).abs().max() > 1e-3, layout  # the buffers matter
 
     # the offline tsm_resnet50 release checkpoint loads into it (same keys and layout)
     sd = filled_state_dict(load_fixture(OFFLINE["tsm_resnet50"][0]))
@@ -290,9 +369,10 @@ class FlatStep(torch.nn.Module):
         return (logits, *(new[k] for k in self.names))
 
 
+@pytest.mark.parametrize("layout", ["nchw", "nhwc"])
 @pytest.mark.parametrize("name", ["tsm_mobilenetv2_online", "tsm_resnet50_online"])
-def test_traced_online_step_follows_input_and_state(name: str) -> None:
-    model = filled(name, input_size=64)
+def test_traced_online_step_follows_input_and_state(name: str, layout: str) -> None:
+    model = filled(name, input_size=64).with_step_layout(layout)
     assert isinstance(model, StreamModel)
     step = FlatStep(model)
     g = torch.Generator().manual_seed(0)

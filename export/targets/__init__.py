@@ -39,8 +39,8 @@ class Target:
     runtime: str
     description: str
     directory: bool = False  # the artifact is a folder (.mlpackage)
-    #: the layout of stream steps this runtime runs best, for models whose step has one (MoViNet streams):
-    #: LiteRT cancels NHWC permutes around its convs; the others would run them as transposes
+    #: the layout of stream steps this runtime runs best (`VideoModel.with_step_layout`; MoViNet streams and online
+    #: TSM have the choice): LiteRT cancels NHWC permutes around its convs; the others would run them as transposes
     step_layout: str = "nchw"
 
     def missing(self) -> list[str]:

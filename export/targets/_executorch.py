@@ -30,7 +30,7 @@ def convert(graph: GraphModule, spec: IOSpec, path: Path, *, precision: str, met
     args = tuple(example[n].contiguous(memory_format=torch.channels_last) if n in cl_in else example[n]
                  for n in spec.input_names)
     outs_cl = {s.output for s in spec.states if s.name in cl_in}
-    graph = _ChannelsLastOutputs(graph, [n in outs_cl for n in spec.output_names])  # type: ignore[assignment]
+    graph = _ChannelsLastOutputs(graph, [n in outs_cl for n in spec.output_names])
     details = None
     if precision == "fp32":
         with torch.no_grad():
