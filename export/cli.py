@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", "-c", help="the authors' released checkpoint file, in its original layout")
     p.add_argument("--precision", "-p", default="fp32",
                    help="fp32 (default), fp16, int8-dynamic or int8; see --list for each target's precisions. "
-                        "Frames, states and logits stay float32 at the boundary in every precision")
+                        "Frames, states and logits stay float32 at the boundary in every precision (see --io)")
     p.add_argument("--io", default="float32", metavar="float32|int8",
                    help="the boundary's dtypes: float32 (default) or int8 (tflite, --precision int8, stream form): "
                         "frame uint8 [1, H, W, 3] RGB with the preprocessing in the graph, buffer states int8 "
@@ -70,7 +70,7 @@ def _print_list() -> None:
         state = "installed" if t.installed() else f"missing: pip install 'stexport[{t.extra}]'"
         print(f"  {t.name:<11} {t.suffix:<10} precisions {','.join(t.precisions):<28} {state}")
         print(f"  {'':<11} {t.description}")
-    print("\nPrecisions (--precision; frames, states and logits stay float32 at the boundary):")
+    print("\nPrecisions (--precision; frames, states and logits stay float32 at the boundary unless --io int8):")
     for name, what in PRECISIONS.items():
         offered = ", ".join(t.name for t in TARGETS.values() if name in t.precisions)
         print(f"  {name:<13} {what}")
