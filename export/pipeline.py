@@ -11,6 +11,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from stexport.boundary import FoldedPreprocess, check_io, dequantized, integer_spec, raw_calibration, raw_frame_spec
@@ -126,11 +127,12 @@ def export(model: str | torch.nn.Module, *, target: str, out: str | Path = "out"
                 say(f"      calibration: {len(cal.samples)} sample(s) from {cal.source}")
                 if cal.warning:
                     say(f"      warning: {cal.warning}")
+            conv_cal = raw_calibration(cal, pre) if io == "int8" and cal is not None else cal
+            io_option = {"io": io} if io != "float32" else {}  # (only targets offering --io int8 take it)
             with captured_output(enabled=quiet):
                 converter = impl.convert(conv_graph, conv_spec, artifact, precision=precision,
-                                         metadata=artifact_metadata(name, spec, pre, entry),
-                                         calibration=cal if io == "float32" or cal is None else
-                                         raw_calibration(cal, pre), **({"io": io} if io != "float32" else {}))
+                                         metadata=artifact_metadata(name, spec, pre, entry), calibration=conv_cal,
+                                         **io_option)
             export_seconds = time.perf_counter() - t0
             io_spec = integer_spec(spec, impl.boundary_details(artifact)) if io == "int8" else spec
             details = _precision_details(impl, artifact, io_spec, precision, converter.pop("precision", {}), cal)
@@ -216,7 +218,7 @@ def _size(path: Path) -> int:
 
 
 def _verify(impl: Any, target: str, artifact: Path, spec: IOSpec, ref: Any, model: VideoModel, data: torch.Tensor,
-            precision: str, form: str, threads: int, *, frames_u8: Any) -> dict[str, Any]:
+            precision: str, form: str, threads: int, *, frames_u8: np.ndarray) -> dict[str, Any]:
     """The parity gate. An integer boundary (uint8 ``frame``) is fed the raw frames and its integer outputs are
     dequantized with their scale and zero point before they are compared."""
     report: dict[str, Any] = {"target": target, "precision": precision, "form": form}
