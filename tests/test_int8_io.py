@@ -79,6 +79,8 @@ def test_integer_boundary_manifest_matches_the_artifact(bundles: dict[str, Path]
         assert states[name]["dtype"] == "float32" and states[name]["init"] == "zeros"
         assert "quantization" not in states[name]
     assert next(t for t in m["outputs"] if t["name"] == "logits")["dtype"] == "float32"
+    said = m["precision_details"]["integer_boundary"]  # the manifest says what stayed float and why
+    assert said["accumulators"].endswith("pool, count") and said["buf"].startswith("int8 scale")
     # every dtype, scale and zero point is what the artifact says
     got = boundary_details(bundle / m["artifact"]["file"])
     for t in m["inputs"] + m["outputs"]:

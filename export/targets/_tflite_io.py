@@ -108,6 +108,11 @@ def integer_boundary(path: Path, spec: IOSpec) -> dict[str, Any]:
         if not consumers(dst):
             dead.append(writer)
         done[s.name] = f"int8 scale {q_in[0][0]:.6g} zero point {q_in[0][1]}"
+    kept = [s.name for s in spec.states if s.kind != "buffer"]
+    if kept:
+        done["accumulators"] = ("float32 at the boundary, as the graph computes them (an int8 running mean would "
+                                f"stop moving): {', '.join(kept)}")
+    done["logits"] = "float32 (dequantized in the graph)"
     sg.operators = [op for op in sg.operators if all(op is not d for d in dead)]
     path.write_bytes(bytes(fbu.convert_object_to_bytearray(model)))
     return done
