@@ -42,7 +42,8 @@ def create_model(name: str, *, checkpoint: str | Path | None = None, num_classes
 def export(model: str | nn.Module, *, target: str, out: str | Path = "out", precision: str = "fp32",
            checkpoint: str | Path | None = None, verify: bool = True, **options: Any) -> Path:
     """Export ``model`` (a registered name or a module from `create_model`) to ``target``; returns the bundle folder
-    ``<out>/<model>/<target>/`` after the parity gate passed (or was skipped with ``verify=False``)."""
+    ``<out>/<model>/<target>/`` after the parity gate passed (or was skipped with ``verify=False``). Options:
+    see `stexport.pipeline.export` (``precision``, ``calibration``, ``io="int8"`` for the integer boundary, ...)."""
     from stexport.pipeline import export as _export
 
     return _export(model, target=target, out=out, precision=precision, checkpoint=checkpoint, verify=verify,
@@ -51,8 +52,10 @@ def export(model: str | nn.Module, *, target: str, out: str | Path = "out", prec
 
 def open_stream(bundle: str | Path, *, threads: int = 1) -> Any:
     """An exported stream bundle in its runtime at zero state: ``.step({"frame": x}) -> logits`` with ``x`` the
-    preprocessed float32 ``[N, 3, H, W]`` frame (the manifest's preprocessing); the state stays in the runtime's
-    own buffers between steps (`stexport.streaming`), ``.state()`` reads it and ``.reset()`` zeroes it.
+    preprocessed float32 ``[N, 3, H, W]`` frame (the manifest's preprocessing), or for an integer boundary
+    (``--io int8``) the uint8 RGB ``[1, H, W, 3]`` frame as it is; the state stays in the runtime's own buffers
+    between steps (`stexport.streaming`), ``.state()`` reads it and ``.reset()`` returns it to its init (zeros; an
+    int8 state's zero point).
 
     The artifact's sha256 must match the manifest's (else `stexport.errors.BundleError`, naming the file), and every
     feed is checked against the manifest (names, shape, dtype, finite values; else `stexport.errors.InputError`,

@@ -74,7 +74,7 @@ def describe(bundle: str | Path) -> tuple[str, bool]:
         f"states ({len(m['states'])}: feed each output back as its input for the next step)",
         *(table(("input", "output", "shape", "dtype", "layout", "init"),
                 [(s["name"], s["output"], _shape(s["shape"]), s.get("dtype", "float32"), s.get("layout", ""),
-                  s.get("init", "zeros")) for s in m["states"]]) if m["states"] else ["  none"]),
+                  _init(s)) for s in m["states"]]) if m["states"] else ["  none"]),
         "",
         "preprocessing",
         f"  size {pre['size'][0]}x{pre['size'][1]} (HxW), {pre.get('channel_order', 'RGB')}, value range "
@@ -83,6 +83,15 @@ def describe(bundle: str | Path) -> tuple[str, bool]:
                                                 if pre.get("resize_shorter") else ""),
         f"  fps {pre.get('fps') or 'as decoded'}, every {pre.get('frame_stride', 1)} frame(s); "
         f"tensor {pre.get('tensor_layout', 'NCHW float32')}",
-        f"  {pre.get('formula', '')}",
+        f"  {pre.get('formula', '')}" + ("  (folded into the graph: feed the RGB bytes)"
+                                           if pre.get("folded_into_graph") else ""),
     ]
     return "\n".join(lines), ok
+
+
+def _init(state: dict[str, Any]) -> str:
+    """``zeros``, or an integer state's start and quantization: ``zero_point -128 (scale 0.0336)``."""
+    q = state.get("quantization")
+    if state.get("init") == "zero_point" and q:
+        return f"zero_point {state.get('init_value', q['zero_point'])} (scale {q['scale']:.3g})"
+    return str(state.get("init", "zeros"))

@@ -53,23 +53,27 @@ class Verdict:
 
 
 def golden_feeds(golden: dict[str, Any], manifest: dict[str, Any]) -> list[dict[str, np.ndarray]]:
-    """The non-state input of every golden step (``frame`` or the packed ``clip``), preprocessed per manifest."""
+    """The non-state input of every golden step (``frame`` or the packed ``clip``), preprocessed per manifest (a uint8
+    frame input, `stexport.boundary`: the raw bytes, the preprocessing being in the graph)."""
+    from stexport.boundary import frame_feed
     from stexport.frames import preprocess
     from stexport.models import pack_clip
+    from stexport.spec import IOSpec
     from stexport.streaming import preprocess_of
 
     pre = preprocess_of(manifest)
+    spec = IOSpec.from_json(manifest)
     fmt = golden["frame_format"]
     h, w = int(fmt["height"]), int(fmt["width"])
     feeds = []
     for step in golden["steps"]:
         raw = np.stack([np.frombuffer(base64.b64decode(b), np.uint8).reshape(h, w, 3) for b in step["frames_u8_b64"]])
-        x = preprocess(raw, pre)
         if manifest["form"] == "clip":
+            x = preprocess(raw, pre)
             layout = next(t.get("layout", "") for t in manifest["inputs"] if t["name"] == "clip")
             feeds.append({"clip": pack_clip(x.transpose(0, 1).unsqueeze(0), layout).numpy()})
         else:
-            feeds.append({"frame": x.numpy()})
+            feeds.append({"frame": frame_feed(raw[0], spec, pre)})
     return feeds
 
 

@@ -28,7 +28,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", "-c", help="the authors' released checkpoint file, in its original layout")
     p.add_argument("--precision", "-p", default="fp32",
                    help="fp32 (default), fp16, int8-dynamic or int8; see --list for each target's precisions. "
-                        "Frames, states and logits stay float32 at the boundary in every precision")
+                        "Frames, states and logits stay float32 at the boundary in every precision (see --io)")
+    p.add_argument("--io", default="float32", metavar="float32|int8",
+                   help="the boundary's dtypes: float32 (default) or int8 (tflite, --precision int8, stream form): "
+                        "frame uint8 [1, H, W, 3] RGB with the preprocessing in the graph, buffer states int8 "
+                        "(scale, zero point and zero-point init in the manifest), running means and logits float32")
     p.add_argument("--calibration", metavar="DIR_OR_VIDEO",
                    help="int8: a folder of images or a video with representative frames (default: motion7 or "
                         "synthetic frames, with a warning)")
@@ -66,7 +70,7 @@ def _print_list() -> None:
         state = "installed" if t.installed() else f"missing: pip install 'stexport[{t.extra}]'"
         print(f"  {t.name:<11} {t.suffix:<10} precisions {','.join(t.precisions):<28} {state}")
         print(f"  {'':<11} {t.description}")
-    print("\nPrecisions (--precision; frames, states and logits stay float32 at the boundary):")
+    print("\nPrecisions (--precision; frames, states and logits stay float32 at the boundary unless --io int8):")
     for name, what in PRECISIONS.items():
         offered = ", ".join(t.name for t in TARGETS.values() if name in t.precisions)
         print(f"  {name:<13} {what}")
@@ -105,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print("stexport: error: --model and --target are required (or --list)", file=sys.stderr)
         return 2
+    from stexport.boundary import check_io
     from stexport.errors import MissingExtraError, StexportError, UnsupportedPrecisionError
     from stexport.models import CheckpointMismatchError, UnknownNameError, get_entry
     from stexport.options import OptionError, parse_options
@@ -112,7 +117,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     try:
         check_precision(get_target(args.target), args.precision)
-        get_entry(args.model)
+        entry = get_entry(args.model)
+        check_io(args.io, target=args.target, precision=args.precision,
+                 form="stream" if entry.streaming or args.stream else "clip")
         options = parse_options(args.model, args.options)
     except (UnknownNameError, UnsupportedPrecisionError, OptionError) as e:
         print(f"stexport: error: {e}", file=sys.stderr)
@@ -123,7 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         path = export(args.model, target=args.target, out=args.out, precision=args.precision,
                       checkpoint=args.checkpoint, verify=not args.no_verify,
                       form="stream" if args.stream else None, steps=args.steps, quiet=not args.verbose,
-                      calibration=args.calibration, calibration_frames=args.calibration_frames, options=options)
+                      calibration=args.calibration, calibration_frames=args.calibration_frames, options=options,
+                      io=args.io)
     except MissingExtraError as e:
         print(f"stexport: error: {e}", file=sys.stderr)
         return 3

@@ -59,18 +59,23 @@ def model_facts(model: Any, entry: ModelEntry | None, *, name: str, form: str) -
     return facts
 
 
-def preprocessing(pre: Preprocess) -> dict[str, Any]:
+def preprocessing(pre: Preprocess, *, io: str = "float32") -> dict[str, Any]:
     d = asdict(pre)
     d["size"] = list(pre.size)
     d["formula"] = "x = (rgb_u8 / 255 * (value_range[1] - value_range[0]) + value_range[0] - mean[c]) / std[c]"
     d["tensor_layout"] = "NCHW float32"
+    if io == "int8":  # the formula runs inside the graph: an app feeds the resized, cropped RGB bytes
+        d["tensor_layout"] = "NHWC uint8"
+        d["folded_into_graph"] = True
     return d
 
 
 def build_manifest(*, model_info: dict[str, Any], pre: Preprocess, spec: IOSpec, target: str, artifact: str,
                    artifact_bytes: int, artifact_sha256: str, precision: str, converter: dict[str, Any],
                    parity: dict[str, Any], labels: str, export_seconds: float,
-                   precision_details: dict[str, Any] | None = None) -> dict[str, Any]:
+                   precision_details: dict[str, Any] | None = None, io: str = "float32") -> dict[str, Any]:
+    """The manifest. ``io``: the boundary (``"int8"``: a uint8 NHWC frame with the preprocessing folded into the
+    graph, int8 buffer states with ``quantization`` and ``init: "zero_point"``; `stexport.boundary`)."""
     manifest: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
         "model": model_info,
@@ -80,7 +85,8 @@ def build_manifest(*, model_info: dict[str, Any], pre: Preprocess, spec: IOSpec,
                      "export_seconds": round(export_seconds, 2)},
         "precision": precision,
         "precision_details": precision_details or {"name": precision},
-        "preprocessing": preprocessing(pre),
+        "io": io,
+        "preprocessing": preprocessing(pre, io=io),
         "labels": {"file": "labels.txt", "source": labels, "count": model_info["num_classes"]},
         "inputs": [t.to_json() for t in spec.inputs],
         "outputs": [t.to_json() for t in spec.outputs],
@@ -113,6 +119,8 @@ def build_golden(*, frames_u8: np.ndarray, spec: IOSpec, trace: Trace, labels: l
     preprocessed input and of every state, and the full expected logits with top-5 labels."""
     n = min(steps, len(trace.outputs))
     per_step_frames = 1 if spec.form == "stream" else frames_u8.shape[0]
+    feed = "frame [1, H, W, 3] uint8: these bytes as they are (the preprocessing is in the graph)" \
+        if spec.inputs[0].dtype == "uint8" else None
     out_steps = []
     for i in range(n):
         raw = frames_u8[i * per_step_frames:(i + 1) * per_step_frames]
@@ -130,7 +138,8 @@ def build_golden(*, frames_u8: np.ndarray, spec: IOSpec, trace: Trace, labels: l
     return {
         "schema_version": SCHEMA_VERSION,
         "frame_format": {"dtype": "uint8", "layout": "HWC", "channels": "RGB",
-                         "height": int(frames_u8.shape[1]), "width": int(frames_u8.shape[2])},
+                         "height": int(frames_u8.shape[1]), "width": int(frames_u8.shape[2]),
+                         **({"feed": feed} if feed else {})},
         "frames_per_step": per_step_frames,
         "note": "expected outputs of the PyTorch model; replay the frames through the manifest's preprocessing, "
                 "feed each state output back as the next state input, and compare logits (tolerance in manifest "

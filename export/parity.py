@@ -60,7 +60,8 @@ def feeds_for(spec: IOSpec, data: torch.Tensor) -> list[dict[str, np.ndarray]]:
 
 
 def run_loop(run: Any, spec: IOSpec, steps: list[dict[str, np.ndarray]]) -> Trace:
-    """Run ``run(feeds) -> outputs`` over ``steps``, starting from zero state and carrying ``*_out`` back."""
+    """Run ``run(feeds) -> outputs`` over ``steps``, starting from zero state (`IOSpec.zero_state`: an integer
+    state at its zero point) and carrying ``*_out`` back in each state's dtype."""
     state = spec.zero_state()
     trace = Trace([], [])
     for step in steps:
@@ -68,7 +69,7 @@ def run_loop(run: Any, spec: IOSpec, steps: list[dict[str, np.ndarray]]) -> Trac
         out = run(feeds)
         trace.inputs.append(feeds)
         trace.outputs.append({n: np.asarray(out[n]) for n in spec.output_names})
-        state = {s.name: np.asarray(out[s.output], np.float32) for s in spec.states}
+        state = {s.name: np.asarray(out[s.output], np.dtype(s.dtype)) for s in spec.states}
     return trace
 
 

@@ -11,8 +11,10 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+from stexport.boundary import FoldedPreprocess, check_io, dequantized, integer_spec, raw_calibration, raw_frame_spec
 from stexport.bundle import staged_bundle
 from stexport.calibration import Calibration, build_calibration
 from stexport.errors import ParityError, StexportError
@@ -59,16 +61,18 @@ def export(model: str | torch.nn.Module, *, target: str, out: str | Path = "out"
            checkpoint: str | Path | None = None, verify: bool = True, form: Form | None = None,
            steps: int = 16, threads: int = 1, progress: Progress | None = None, quiet: bool = True,
            calibration: str | Path | None = None, calibration_frames: int | None = None,
-           options: Mapping[str, Any] | None = None) -> Path:
+           options: Mapping[str, Any] | None = None, io: str = "float32") -> Path:
     """Export and verify; returns the bundle folder ``<out>/<model>/<target>/``. See `stexport.export`.
 
     ``calibration``: a folder of images or a video whose frames calibrate ``precision="int8"`` (default: motion7
     or synthetic frames, with a warning); ``calibration_frames``: how many frames (stream) or clips (clip form).
     ``options``: model options for `create_model` (``input_size``, ``pool_window``, ...) of a model given by name;
-    they are recorded in the manifest."""
+    they are recorded in the manifest. ``io``: the boundary's dtypes, ``"float32"`` or ``"int8"`` (tflite int8
+    stream form: uint8 frames, int8 buffer states; `stexport.boundary`)."""
     say = progress or stderr_progress
     tgt = get_target(target)
     check_precision(tgt, precision)
+    check_io(io, target=target, precision=precision)
     if calibration is not None and precision not in CALIBRATED:
         raise StexportError(f"--calibration is used by precision int8 only, not {precision!r}")
     impl = tgt.load()  # a missing extra fails here, before any work
@@ -101,9 +105,13 @@ def export(model: str | torch.nn.Module, *, target: str, out: str | Path = "out"
     # a step with a layout choice takes the target's (a copy if new); full int8: the op forms integer kernels run
     vm = vm.with_step_layout(tgt.step_layout, integer=precision in CALIBRATED)
     form = form or ("stream" if vm.streaming else "clip")
+    check_io(io, target=target, precision=precision, form=form)
     spec = build_spec(vm, form=form)
     graph = GraphModule(vm, spec).eval()
     pre = entry.preprocess if entry else _default_preprocess(vm)
+    # what is converted: the graph itself, or (integer boundary) the graph taking raw pixels
+    conv_spec = raw_frame_spec(spec) if io == "int8" else spec
+    conv_graph = GraphModule(vm, conv_spec, frame_in=FoldedPreprocess(pre)).eval() if io == "int8" else graph
     labels, label_source = _labels(entry, int(vm.num_classes))
     final = Path(out) / name / target
     artifact_name = f"{name}_{precision}{tgt.suffix}"
@@ -119,11 +127,15 @@ def export(model: str | torch.nn.Module, *, target: str, out: str | Path = "out"
                 say(f"      calibration: {len(cal.samples)} sample(s) from {cal.source}")
                 if cal.warning:
                     say(f"      warning: {cal.warning}")
+            conv_cal = raw_calibration(cal, pre) if io == "int8" and cal is not None else cal
+            io_option = {"io": io} if io != "float32" else {}  # (only targets offering --io int8 take it)
             with captured_output(enabled=quiet):
-                converter = impl.convert(graph, spec, artifact, precision=precision,
-                                         metadata=artifact_metadata(name, spec, pre, entry), calibration=cal)
+                converter = impl.convert(conv_graph, conv_spec, artifact, precision=precision,
+                                         metadata=artifact_metadata(name, spec, pre, entry), calibration=conv_cal,
+                                         **io_option)
             export_seconds = time.perf_counter() - t0
-            details = _precision_details(impl, artifact, spec, precision, converter.pop("precision", {}), cal)
+            io_spec = integer_spec(spec, impl.boundary_details(artifact)) if io == "int8" else spec
+            details = _precision_details(impl, artifact, io_spec, precision, converter.pop("precision", {}), cal)
         h, w = vm.frame_size()
         t = int(vm.num_frames)
         # a ring buffer is checked past the point where it wraps (T frames and a few more)
@@ -136,7 +148,8 @@ def export(model: str | torch.nn.Module, *, target: str, out: str | Path = "out"
         with _stage(say, "verify", "parity gate" if verify else "skipped (--no-verify)"):
             if verify:
                 with captured_output(enabled=quiet):
-                    parity = _verify(impl, tgt.name, artifact, spec, ref, vm, data, precision, form, threads)
+                    parity = _verify(impl, tgt.name, artifact, io_spec, ref, vm, data, precision, form, threads,
+                                     frames_u8=frames_u8)
             else:
                 parity = {"skipped": True, "reason": "--no-verify: the artifact was not compared with PyTorch"}
             if verify:
@@ -146,13 +159,13 @@ def export(model: str | torch.nn.Module, *, target: str, out: str | Path = "out"
             if options:
                 info["options"] = dict(options)
             size = _size(artifact)
-            manifest = build_manifest(model_info=info, pre=pre, spec=spec, target=target, artifact=artifact_name,
+            manifest = build_manifest(model_info=info, pre=pre, spec=io_spec, target=target, artifact=artifact_name,
                                       artifact_bytes=size, artifact_sha256=artifact_sha256(artifact),
                                       precision=precision, converter=converter, parity=parity,
                                       labels=label_source, export_seconds=export_seconds,
-                                      precision_details=details)
+                                      precision_details=details, io=io)
             (staging / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-            golden = build_golden(frames_u8=frames_u8, spec=spec, trace=ref, labels=labels)
+            golden = build_golden(frames_u8=frames_u8, spec=io_spec, trace=ref, labels=labels)
             (staging / "golden.json").write_text(json.dumps(golden) + "\n")
             (staging / "labels.txt").write_text("\n".join(labels) + "\n")
             if verify and not parity["passed"]:
@@ -177,12 +190,12 @@ def artifact_metadata(name: str, spec: IOSpec, pre: Preprocess, entry: ModelEntr
 def _precision_details(impl: Any, artifact: Path, spec: IOSpec, precision: str, done: dict[str, Any],
                        cal: Calibration | None) -> dict[str, Any]:
     """What the precision means here, with the artifact's boundary dtypes read back and checked against the spec
-    (states, frames and logits are float32 in every precision)."""
+    (states, frames and logits are float32 in every precision unless the boundary is integer, `stexport.boundary`)."""
     want = {t.name: t.dtype for t in (*spec.inputs, *spec.outputs)}
     got = impl.boundary_dtypes(artifact, spec)
     wrong = {n: got.get(n) for n in want if got.get(n) != want[n]}
     if wrong:
-        raise StexportError(f"the {precision} artifact changed boundary dtypes: {wrong} (the contract keeps "
+        raise StexportError(f"the {precision} artifact changed boundary dtypes: {wrong} (the contract has "
                             f"{sorted(set(want.values()))} at the boundary)")
     details: dict[str, Any] = {"name": precision, "summary": PRECISIONS[precision], **done,
                                "boundary_dtypes": "read back from the artifact; equal to inputs/outputs/states"}
@@ -204,8 +217,10 @@ def _size(path: Path) -> int:
     return path.stat().st_size
 
 
-def _verify(impl: Any, target: str, artifact: Path, spec: Any, ref: Any, model: VideoModel, data: torch.Tensor,
-            precision: str, form: str, threads: int) -> dict[str, Any]:
+def _verify(impl: Any, target: str, artifact: Path, spec: IOSpec, ref: Any, model: VideoModel, data: torch.Tensor,
+            precision: str, form: str, threads: int, *, frames_u8: np.ndarray) -> dict[str, Any]:
+    """The parity gate. An integer boundary (uint8 ``frame``) is fed the raw frames and its integer outputs are
+    dequantized with their scale and zero point before they are compared."""
     report: dict[str, Any] = {"target": target, "precision": precision, "form": form}
     if form == "stream":
         report["pytorch_stream_vs_clip"] = stream_vs_clip(model, data)
@@ -216,7 +231,12 @@ def _verify(impl: Any, target: str, artifact: Path, spec: Any, ref: Any, model: 
             raise
         report.update({"executed": False, "reason": str(e), "passed": True, "spec_checked": True})
         return report
-    got = run_loop(runner.run, spec, [{k: v for k, v in s.items() if k in ("frame", "clip")} for s in ref.inputs])
+    integer = spec.inputs[0].dtype == "uint8"
+    feeds = [{"frame": frames_u8[i:i + 1]} for i in range(len(ref.inputs))] if integer else \
+        [{k: v for k, v in s.items() if k in ("frame", "clip")} for s in ref.inputs]
+    got = run_loop(runner.run, spec, feeds)
+    if integer:
+        got = dequantized(got, spec)
     report.update({"executed": True, "runtime": f"{runner.name} {runner.version}"})
     report.update(compare(spec, ref, got, precision=precision))
     stream_check = report.get("pytorch_stream_vs_clip")

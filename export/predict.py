@@ -50,6 +50,7 @@ def predict(bundle: str | Path, source: str | Path, *, every: int = 1, top: int 
     is called after each decoded frame (``total`` None when unknown)."""
     import torch
 
+    from stexport.boundary import frame_feed
     from stexport.frames import preprocess
     from stexport.models import pack_clip
     from stexport.quiet import captured_output
@@ -70,9 +71,8 @@ def predict(bundle: str | Path, source: str | Path, *, every: int = 1, top: int 
     pending: Prediction | None = None
     i = -1
     for i, rgb in enumerate(frames(src, pre)):
-        x = preprocess(rgb[None], pre)  # [1, 3, H, W]
         if clip:
-            window.append(x[0])
+            window.append(preprocess(rgb[None], pre)[0])  # [3, H, W]
             if len(window) < t or (i - t + 1) % every:
                 if progress:
                     progress(i + 1, src.frames_estimate)
@@ -80,7 +80,7 @@ def predict(bundle: str | Path, source: str | Path, *, every: int = 1, top: int 
             packed = pack_clip(torch.stack(tuple(window), 1).unsqueeze(0), layout)
             logits = stream.step({"clip": packed.numpy()})
         else:
-            logits = stream.step({"frame": x.numpy()})
+            logits = stream.step({"frame": frame_feed(rgb, stream.spec, pre)})  # float32 or uint8, per manifest
         pred = Prediction(i, top_k(logits, labels, top))
         if progress:
             progress(i + 1, src.frames_estimate)

@@ -29,11 +29,15 @@ class TensorSpec:
     dtype: str = "float32"
     layout: str = ""
     role: str = ""  # "frame", "clip", "state", "state_out", "logits", "extra"
-    init: str | None = None  # "zeros" for states
+    init: str | None = None  # "zeros" for states; "zero_point" for integer states (see `StateSpec`)
+    #: integer tensors: ``{"scale": float, "zero_point": int}`` (real value = scale * (q - zero_point))
+    quantization: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
         d["shape"] = list(self.shape)
+        if self.init == "zero_point" and self.quantization:
+            d["init_value"] = int(self.quantization["zero_point"])
         return {k: v for k, v in d.items() if v not in (None, "")}
 
 
@@ -48,10 +52,22 @@ class StateSpec:
     #: "buffer" (a delayed copy of an activation) or "accumulator" (running means, counters); see
     #: `VideoModel.state_kinds`
     kind: str = "accumulator"
+    #: integer states: ``{"scale": float, "zero_point": int}``, read back from the artifact; their ``init`` is
+    #: ``"zero_point"`` (the integer that means 0.0), written out as ``init_value``
+    quantization: dict[str, Any] | None = None
+
+    @property
+    def init_value(self) -> int | float:
+        """The value every element starts at: the zero point of an integer state, else 0."""
+        return int(self.quantization["zero_point"]) if self.init == "zero_point" and self.quantization else 0
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "output": self.output, "shape": list(self.shape), "dtype": self.dtype,
-                "init": self.init, **({"layout": self.layout} if self.layout else {}), "kind": self.kind}
+        d: dict[str, Any] = {"name": self.name, "output": self.output, "shape": list(self.shape), "dtype": self.dtype,
+                             "init": self.init, **({"layout": self.layout} if self.layout else {}),
+                             "kind": self.kind}
+        if self.quantization:
+            d.update(init_value=self.init_value, quantization=dict(self.quantization))
+        return d
 
 
 @dataclass(frozen=True)
@@ -83,16 +99,18 @@ class IOSpec:
         """The inverse of `to_json`; reads a bundle's ``manifest.json`` too."""
         def tensor(t: dict[str, Any]) -> TensorSpec:
             return TensorSpec(t["name"], tuple(t["shape"]), t.get("dtype", "float32"), t.get("layout", ""),
-                              t.get("role", ""), t.get("init"))
+                              t.get("role", ""), t.get("init"), t.get("quantization"))
 
         states = tuple(StateSpec(s["name"], s["output"], tuple(s["shape"]), s.get("dtype", "float32"),
-                                 s.get("init", "zeros"), s.get("layout", ""), s.get("kind", "accumulator"))
+                                 s.get("init", "zeros"), s.get("layout", ""), s.get("kind", "accumulator"),
+                                 s.get("quantization"))
                        for s in d.get("states", []))
         return cls(d["form"], tuple(tensor(t) for t in d["inputs"]), tuple(tensor(t) for t in d["outputs"]), states)
 
     def zero_state(self) -> dict[str, np.ndarray]:
-        """Every state at its init (zeros), float32 numpy, by name: where a stream starts."""
-        return {s.name: np.zeros(s.shape, np.float32) for s in self.states}
+        """Every state at its init, numpy in its dtype, by name: where a stream starts (zeros for float states,
+        the zero point for integer ones: the value that means 0.0)."""
+        return {s.name: np.full(s.shape, s.init_value, np.dtype(s.dtype)) for s in self.states}
 
     def example_inputs(self, *, seed: int = 0) -> dict[str, Tensor]:
         """Tracing inputs: a random frame/clip and zero states (shapes only matter)."""
@@ -150,13 +168,17 @@ class GraphModule(nn.Module):
 
     ``as_dict=False``: a tuple in ``spec.output_names`` order (ONNX, ExecuTorch, Core ML).
     ``as_dict=True``: a dict keyed by output name (LiteRT signatures take their output names from it).
+    ``frame_in``: a module applied to the ``frame`` input before the model's step (an integer boundary folds the
+    preprocessing into the graph with it, `stexport.boundary.FoldedPreprocess`).
     """
 
-    def __init__(self, model: nn.Module, spec: IOSpec, *, as_dict: bool = False) -> None:
+    def __init__(self, model: nn.Module, spec: IOSpec, *, as_dict: bool = False,
+                 frame_in: nn.Module | None = None) -> None:
         super().__init__()
         self.model = model
         self.spec = spec
         self.as_dict = as_dict
+        self.frame_in = frame_in
         params = [inspect.Parameter(n, inspect.Parameter.POSITIONAL_OR_KEYWORD) for n in spec.input_names]
         self._signature = inspect.Signature(params)
 
@@ -171,6 +193,7 @@ class GraphModule(nn.Module):
         if self.spec.form == "clip":
             outs = self.model.forward_packed_outputs(inputs["clip"])  # type: ignore[operator]
         else:
-            logits, new = self.model.step(inputs["frame"], {k: inputs[k] for k in self.spec.state_names})  # type: ignore[operator]
+            frame = inputs["frame"] if self.frame_in is None else self.frame_in(inputs["frame"])
+            logits, new = self.model.step(frame, {k: inputs[k] for k in self.spec.state_names})  # type: ignore[operator]
             outs = {"logits": logits, **{s.output: new[s.name] for s in self.spec.states}}
         return outs if self.as_dict else tuple(outs[n] for n in self.spec.output_names)

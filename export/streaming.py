@@ -6,7 +6,7 @@ at 172 px). An app keeps the state in the runtime's own buffers instead and, aft
 buffers as the next step's inputs (ping-pong, no copy). ``Runner.stepper()`` gives that loop:
 
     stepper = open_stream(bundle)          # a bundle folder; zero state (the manifest's init)
-    for frame in frames:                   # float32 [N, 3, H, W], preprocessed
+    for frame in frames:                   # float32 [N, 3, H, W], preprocessed (integer boundary: uint8 [1, H, W, 3])
         logits = stepper.step({"frame": frame})
     stepper.state()                        # the current state as numpy arrays, by state name
     stepper.reset()                        # zero state again
@@ -51,7 +51,7 @@ class CopyStepper:
 
     def step(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         out = self._run({**feeds, **self._state})
-        self._state = {s.name: np.asarray(out[s.output], np.float32) for s in self.spec.states}
+        self._state = {s.name: np.asarray(out[s.output], np.dtype(s.dtype)) for s in self.spec.states}
         return np.asarray(out["logits"], np.float32)
 
     def state(self) -> dict[str, np.ndarray]:
@@ -94,11 +94,12 @@ def preprocess_of(manifest: dict[str, Any]) -> Any:
 class CheckedStream:
     """A `Stepper` that checks every feed against the manifest before the runtime sees it.
 
-    ``step(feeds)``: ``feeds`` must hold exactly the non-state inputs (``{"frame": float32 [1, 3, H, W]}``, or
-    ``{"clip": ...}`` for a clip-form bundle), each a numpy array of the manifest's shape and dtype, and finite.
+    ``step(feeds)``: ``feeds`` must hold exactly the non-state inputs (``{"frame": float32 [1, 3, H, W]}``; with an
+    integer boundary ``{"frame": uint8 [1, H, W, 3]}``, raw RGB; or ``{"clip": ...}`` for a clip-form bundle), each
+    a numpy array of the manifest's shape and dtype, and finite.
     Anything else raises `InputError` saying what was expected, before the step: the state is left as it was.
     The checks are cheap (a key set, a shape tuple, a dtype, one ``isfinite`` pass over the frame).
-    ``reset()`` starts the stream again at zero state.
+    ``reset()`` starts the stream again at zero state (each state at its init: an int8 state at its zero point).
     """
 
     def __init__(self, make: Callable[[], Stepper], spec: IOSpec) -> None:
@@ -107,12 +108,14 @@ class CheckedStream:
         fed = [t for t in spec.inputs if t.name not in states]
         self._expect = {t.name: (tuple(t.shape), np.dtype(t.dtype)) for t in fed}
         self._names = frozenset(self._expect)
+        self._raw = any(d == np.uint8 for _, d in self._expect.values())  # an integer boundary (stexport.boundary)
         self._inner = make()
 
     def _refuse(self, what: str) -> InputError:
         want = ", ".join(f"{n!r}: {np.dtype(d).name} {list(s)}" for n, (s, d) in self._expect.items())
-        return InputError(f"{what}; this stream takes {{{want}}} (preprocessed as the manifest says); "
-                          "the state is unchanged")
+        how = "raw RGB bytes, NHWC: the preprocessing is in the graph" if self._raw else \
+            "preprocessed as the manifest says"
+        return InputError(f"{what}; this stream takes {{{want}}} ({how}); the state is unchanged")
 
     def step(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         """The non-state inputs -> logits ``[1, K]``; the state advances inside the runtime."""

@@ -343,6 +343,23 @@ def tiny_clip_form_bundle(target: str) -> Path:
     return export_bundle(TinyClip().eval(), target, form="clip")
 
 
+def int8_io_bundle() -> Path:
+    """The toy stream model with an int8 buffer state, exported ``--precision int8 --io int8`` to tflite: a uint8
+    NHWC frame, the int8 ``buf`` state (its zero point as init), float32 ``pool``/``count`` and logits."""
+    import torch
+    from toy_models import TinyBufferStream
+
+    import stexport
+
+    key = ("tinybufferstream", "tflite", "int8-io")
+    if key not in _bundles:
+        torch.manual_seed(0)
+        _bundles[key] = stexport.export(TinyBufferStream().eval(), target="tflite", precision="int8", io="int8",
+                                        out=_out_root() / "int8-io", steps=3, calibration_frames=24,
+                                        progress=lambda _msg: None)
+    return _bundles[key]
+
+
 def export_failures() -> dict[str, str]:
     return dict(_failed)
 

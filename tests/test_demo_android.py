@@ -53,7 +53,8 @@ def _test_classes(classes: Path) -> list[str]:
 
 
 def test_core_junit_replays_real_bundles() -> None:
-    bundles = [ds.stream_bundle("tflite"), ds.clip_ring_bundle("onnx"), ds.tiny_clip_form_bundle("onnx")]
+    bundles = [ds.stream_bundle("tflite"), ds.clip_ring_bundle("onnx"), ds.tiny_clip_form_bundle("onnx"),
+               ds.int8_io_bundle()]
     classes, classpath, java = _compile_core()
     tests = _test_classes(classes)
     assert "org.stexport.demo.core.GoldenReplayTest" in tests

@@ -256,7 +256,8 @@ def test_core_js_replays_golden_in_node(tmp_path: Path) -> None:
     """core.js without a browser: golden.json frames through normalize() match the exporter's input summaries
     exactly, each `<state>_out` comes back as `<state>`, and top-5 labels match."""
     node = ds.need(ds.node)
-    bundles = [ds.stream_bundle("onnx"), ds.clip_ring_bundle("onnx"), ds.tiny_clip_form_bundle("onnx")]
+    bundles = [ds.stream_bundle("onnx"), ds.clip_ring_bundle("onnx"), ds.tiny_clip_form_bundle("onnx"),
+               ds.int8_io_bundle()]  # an integer boundary: uint8 frames fed as bytes, int8 state from its zero point
     script = ds.WEB / "test" / "golden_replay.mjs"
     p = subprocess.run([node, str(script), *map(str, bundles)], capture_output=True, text=True, timeout=120,
                        cwd=ds.WEB)

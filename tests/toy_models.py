@@ -50,3 +50,11 @@ class TinyClip(ClipModel):
 
     def forward_packed(self, x: Tensor) -> Tensor:
         return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+class TinyBufferStream(TinyStream):
+    """`TinyStream` whose frame buffer is declared a ``"buffer"`` state (carried in int8 by full-int8 exports); the
+    running mean and the count stay accumulators."""
+
+    def state_kinds(self) -> dict[str, str]:
+        return {"buf": "buffer"}

@@ -1,7 +1,7 @@
 // The page: load a bundle, stream frames from a video file, the webcam or (in tests) raw RGB frames, run each
 // through onnxruntime-web with the state carried frame to frame, and show the top-5 and the time per frame.
 import {
-  cropRect, normalize, ortRuntime, parseLabels, parseManifest, Smoother, softmax, StreamSession, topK,
+  cropRect, frameInput, ortRuntime, parseLabels, parseManifest, Smoother, softmax, StreamSession, topK,
 } from "./core.js";
 
 /* global ort */
@@ -91,7 +91,7 @@ function resetState() {
 
 /** One frame at the model size (RGB or RGBA bytes) through the loop; updates the panel. */
 async function runFrame(pixels, channels) {
-  const x = normalize(pixels, demo.manifest.pre, channels);
+  const x = frameInput(pixels, demo.manifest, channels); // float32 NCHW, or uint8 RGB for an integer boundary
   const r = await demo.stream.step(x);
   const probs = demo.smoother.update(softmax(r.logits));
   demo.msHistory.push(r.ms);

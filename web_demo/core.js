@@ -8,6 +8,12 @@ export const MANIFEST_KEYS = Object.freeze([
   "states", "input_order", "output_order", "shape", "dtype", "layout", "output",
 ]);
 
+/** Keys of an integer-boundary manifest (`stexport --io int8`): per-tensor quantization and integer state init. */
+export const INTEGER_KEYS = Object.freeze(["quantization", "scale", "zero_point", "init", "init_value"]);
+
+/** Typed array per manifest dtype: float32 everywhere by default; uint8 frames and int8 states with --io int8. */
+export const DTYPE_ARRAYS = Object.freeze({ float32: Float32Array, uint8: Uint8Array, int8: Int8Array });
+
 /** Tensor names fixed by the stexport contract (everything else comes from the manifest). */
 export const TENSOR_NAMES = Object.freeze({ frame: "frame", clip: "clip", logits: "logits", stateOutputSuffix: "_out" });
 
@@ -38,10 +44,19 @@ export function parseManifest(m) {
     fps: p.fps ?? null, frameStride: p.frame_stride ?? 1,
   };
   const tensor = (t) => ({ name: t.name, shape: t.shape, dtype: t.dtype ?? "float32", layout: t.layout ?? "",
-    size: prod(t.shape) });
+    size: prod(t.shape), quantization: t.quantization ?? null });
   const inputs = m.inputs.map(tensor);
   const outputs = m.outputs.map(tensor);
-  const states = m.states.map((s) => ({ name: s.name, output: s.output, shape: s.shape, size: prod(s.shape) }));
+  // an int8 state starts at its zero point (the integer that means 0.0), a float32 state at 0
+  const states = m.states.map((s) => {
+    const dtype = s.dtype ?? "float32";
+    const q = s.quantization ?? null;
+    need(dtype === "float32" || (dtype === "int8" && q && s.init === "zero_point"),
+      `state ${s.name} is ${dtype}${dtype === "int8" ? " without quantization and zero_point init" : ""}`);
+    const initValue = dtype === "int8" ? (s.init_value ?? q.zero_point) : 0;
+    need(initValue === q?.zero_point || dtype === "float32", `state ${s.name}: init_value is not its zero point`);
+    return { name: s.name, output: s.output, shape: s.shape, size: prod(s.shape), dtype, quantization: q, initValue };
+  });
   const byName = (list, name, what) => {
     const t = list.find((x) => x.name === name);
     need(t, `no ${what} "${name}" (has ${list.map((x) => x.name).join(", ")})`);
@@ -54,11 +69,19 @@ export function parseManifest(m) {
     pre, inputs, outputs, states, inputOrder: m.input_order, outputOrder: m.output_order ?? outputs.map((t) => t.name),
     input: (n) => byName(inputs, n, "input"), output: (n) => byName(outputs, n, "output"),
   };
-  for (const t of [...inputs, ...outputs]) need(t.dtype === "float32", `${t.name} is ${t.dtype}, not float32`);
+  const stateDtype = Object.fromEntries(states.flatMap((s) => [[s.name, s.dtype], [s.output, s.dtype]]));
+  for (const t of [...inputs, ...outputs]) {
+    const want = t.name === TENSOR_NAMES.frame ? t.dtype : stateDtype[t.name] ?? "float32";
+    need(t.dtype === want && t.dtype in DTYPE_ARRAYS, `${t.name} is ${t.dtype}, not ${want}`);
+  }
   need(out.output(TENSOR_NAMES.logits).size === out.numClasses, "logits size != num_classes");
   if (m.form === "stream") {
     const f = out.input(TENSOR_NAMES.frame);
-    need(f.shape.join() === [1, 3, pre.height, pre.width].join(), `frame shape ${f.shape} != [1,3,H,W]`);
+    // float32 NCHW, preprocessed here; or (integer boundary) uint8 NHWC RGB bytes, preprocessed inside the graph
+    out.rawFrame = f.dtype === "uint8";
+    const shape = out.rawFrame ? [1, pre.height, pre.width, 3] : [1, 3, pre.height, pre.width];
+    need(f.dtype === "float32" || out.rawFrame, `frame is ${f.dtype}, not float32 or uint8`);
+    need(f.shape.join() === shape.join(), `frame shape ${f.shape} != [${shape}]`);
     for (const s of states) {
       need(out.input(s.name).size === s.size, `state ${s.name}: input size mismatch`);
       need(out.output(s.output).size === s.size, `state ${s.name}: output ${s.output} size mismatch`);
@@ -111,6 +134,28 @@ export function normalize(pixels, pre, channels = 3, out = new Float32Array(3 * 
   return out;
 }
 
+/**
+ * Pixels at the model size (RGB or RGBA bytes, row-major) -> uint8 NHWC [1, H, W, 3] RGB bytes: the frame of an
+ * integer-boundary bundle, whose graph applies the preprocessing itself.
+ */
+export function rgbBytes(pixels, pre, channels = 3, out = new Uint8Array(3 * pre.height * pre.width)) {
+  const hw = pre.height * pre.width;
+  if (pixels.length !== channels * hw) throw new Error(`expected ${channels * hw} bytes, got ${pixels.length}`);
+  if (channels === 3) out.set(pixels);
+  else for (let p = 0; p < hw; p++) for (let c = 0; c < 3; c++) out[p * 3 + c] = pixels[p * channels + c];
+  return out;
+}
+
+/** The model's frame input for pixels at the model size: `rgbBytes` (uint8 frame) or `normalize` (float32). */
+export function frameInput(pixels, manifest, channels = 3) {
+  return manifest.rawFrame ? rgbBytes(pixels, manifest.pre, channels) : normalize(pixels, manifest.pre, channels);
+}
+
+/** An int8 tensor's real values (scale * (q - zero_point)), float32. */
+export function dequantize(values, q) {
+  return Float32Array.from(values, (v) => q.scale * (v - q.zero_point));
+}
+
 /** The last T frames (zeros before the first), packed in a clip layout; for clip-form bundles. */
 export class ClipRing {
   constructor(frames, frameSize, layout) {
@@ -156,14 +201,22 @@ export class InputError extends Error {
 }
 
 /**
- * Checks one preprocessed frame against the manifest: a Float32Array (float32) of 3 x H x W values (shape
- * [1, 3, H, W]), all finite. Throws InputError saying what was expected; cheap (one pass over the frame).
+ * Checks one frame against the manifest: a Float32Array (float32) of 3 x H x W values (shape [1, 3, H, W]), all
+ * finite; or, with `raw` (a uint8 frame input), a Uint8Array of RGB bytes [1, H, W, 3]. Throws InputError saying
+ * what was expected; cheap (one pass over the frame).
  */
-export function checkFrame(frame, pre) {
-  const want = `float32 [1, 3, ${pre.height}, ${pre.width}] (${3 * pre.height * pre.width} values)`;
-  if (!(frame instanceof Float32Array)) {
+export function checkFrame(frame, pre, raw = false) {
+  const n = 3 * pre.height * pre.width;
+  const want = raw ? `uint8 [1, ${pre.height}, ${pre.width}, 3] (${n} RGB bytes)`
+    : `float32 [1, 3, ${pre.height}, ${pre.width}] (${n} values)`;
+  const type = raw ? Uint8Array : Float32Array;
+  if (!(frame instanceof type)) {
     const got = frame?.constructor?.name ?? typeof frame;
-    throw new InputError(`frame is a ${got}, expected a Float32Array: ${want}; the state is unchanged`);
+    throw new InputError(`frame is a ${got}, expected a ${type.name}: ${want}; the state is unchanged`);
+  }
+  if (raw) {
+    if (frame.length !== n) throw new InputError(`frame has ${frame.length} values, expected ${want}; the state is unchanged`);
+    return;
   }
   if (frame.length !== 3 * pre.height * pre.width) {
     throw new InputError(`frame has ${frame.length} values, expected ${want}; the state is unchanged`);
@@ -177,9 +230,11 @@ export function checkFrame(frame, pre) {
 }
 
 /**
- * The frame loop every model shares. `run(feeds)` is the runtime: feeds {name: Float32Array} -> outputs
- * {name: Float32Array}. Stream form: feed `frame` and every state, then carry each state's output
- * (`<state>_out`) back for the next step; states start at zero. Clip form: feed the ring of the last T frames.
+ * The frame loop every model shares. `run(feeds)` is the runtime: feeds {name: typed array} -> outputs
+ * {name: typed array}, each of its manifest dtype (Float32Array; with an integer boundary a Uint8Array frame and
+ * Int8Array states). Stream form: feed `frame` and every state, then carry each state's output (`<state>_out`)
+ * back for the next step; states start at their init (0, or an int8 state's zero point). Clip form: feed the ring
+ * of the last T frames.
  */
 export class StreamSession {
   constructor(manifest, run, now = () => performance.now()) {
@@ -193,7 +248,7 @@ export class StreamSession {
 
   reset() {
     this.states = {};
-    for (const s of this.m.states) this.states[s.name] = new Float32Array(s.size);
+    for (const s of this.m.states) this.states[s.name] = new DTYPE_ARRAYS[s.dtype](s.size).fill(s.initValue);
     if (this.ring) this.ring.reset();
     this.steps = 0;
   }
@@ -202,15 +257,20 @@ export class StreamSession {
   async stepFeeds(feeds) {
     const names = feeds && typeof feeds === "object" ? Object.keys(feeds).sort() : [];
     if (names.join() !== TENSOR_NAMES.frame) {
-      throw new InputError(`step takes {${TENSOR_NAMES.frame}: float32 [1, 3, ${this.m.pre.height}, ` +
-        `${this.m.pre.width}]}, got inputs [${names.join(", ")}]; the state is unchanged`);
+      const { height: h, width: w } = this.m.pre;
+      const want = this.m.rawFrame ? `uint8 [1, ${h}, ${w}, 3]` : `float32 [1, 3, ${h}, ${w}]`;
+      throw new InputError(`step takes {${TENSOR_NAMES.frame}: ${want}}, got inputs [${names.join(", ")}]; ` +
+        "the state is unchanged");
     }
     return this.step(feeds[TENSOR_NAMES.frame]);
   }
 
-  /** One preprocessed frame (Float32Array NCHW [1, 3, H, W]); refused with InputError, state kept, if it is not. */
+  /**
+   * One frame: preprocessed Float32Array NCHW [1, 3, H, W], or (integer boundary) Uint8Array RGB NHWC
+   * [1, H, W, 3] (`frameInput` makes either); refused with InputError, state kept, if it is not.
+   */
   async step(frame) {
-    checkFrame(frame, this.m.pre);
+    checkFrame(frame, this.m.pre, this.m.rawFrame);
     const feeds = {};
     if (this.ring) {
       this.ring.push(frame);
@@ -228,6 +288,7 @@ export class StreamSession {
     for (const s of this.m.states) {
       const v = out[s.output];
       if (!v || v.length !== s.size) throw new Error(`runtime returned no ${s.output} of size ${s.size}`);
+      if (!(v instanceof DTYPE_ARRAYS[s.dtype])) throw new Error(`runtime returned ${s.output} not as ${s.dtype}`);
       next[s.name] = v;
     }
     Object.assign(this.states, next);
@@ -239,9 +300,10 @@ export class StreamSession {
 /** onnxruntime-web InferenceSession -> the StreamSession runtime (tensors by name, shapes from the manifest). */
 export function ortRuntime(ort, session, manifest) {
   const shapes = Object.fromEntries(manifest.inputs.map((t) => [t.name, t.shape]));
+  const dtypes = Object.fromEntries(manifest.inputs.map((t) => [t.name, t.dtype]));
   return async (feeds) => {
     const inputs = {};
-    for (const [name, data] of Object.entries(feeds)) inputs[name] = new ort.Tensor("float32", data, shapes[name]);
+    for (const [name, data] of Object.entries(feeds)) inputs[name] = new ort.Tensor(dtypes[name], data, shapes[name]);
     const results = await session.run(inputs);
     const out = {};
     for (const [name, t] of Object.entries(results)) out[name] = t.data;

@@ -16,7 +16,9 @@ SIGNATURE = "serving_default"
 
 
 def convert(graph: GraphModule, spec: IOSpec, path: Path, *, precision: str, metadata: dict[str, str],
-            calibration: Calibration | None = None) -> dict[str, Any]:
+            calibration: Calibration | None = None, io: str = "float32") -> dict[str, Any]:
+    """``io="int8"``: ``graph`` takes raw pixels (`stexport.boundary.raw_frame_spec`, ``spec``) and the quantized
+    model gets the integer boundary (`stexport.targets._tflite_io`)."""
     import litert_torch
 
     graph.as_dict = True  # signature output names come from the dict keys
@@ -30,7 +32,7 @@ def convert(graph: GraphModule, spec: IOSpec, path: Path, *, precision: str, met
     if precision != "fp32":
         from stexport.targets._tflite_quant import quantize
 
-        facts["precision"] = quantize(path, spec, precision, calibration)
+        facts["precision"] = quantize(path, spec, precision, calibration, io=io)
     return facts
 
 
@@ -39,6 +41,13 @@ def boundary_dtypes(path: Path, spec: IOSpec) -> dict[str, str]:
     runner = interpreter_class()(model_path=str(path)).get_signature_runner(SIGNATURE)
     details = {**runner.get_input_details(), **runner.get_output_details()}
     return {name: np.dtype(d["dtype"]).name for name, d in details.items()}
+
+
+def boundary_details(path: Path) -> dict[str, tuple[str, dict[str, Any] | None]]:
+    """(dtype, quantization) of every signature input and output (`stexport.targets._tflite_io`)."""
+    from stexport.targets._tflite_io import boundary_details as details
+
+    return details(path)
 
 
 def interpreter_class() -> Any:
@@ -102,8 +111,9 @@ class BufferStepper:
         self._pairs = [(ins.index(s.name), outs.index(s.output)) for s in spec.states]
         self._ins = self.model.create_input_buffers(self._sig)
         self._outs = self.model.create_output_buffers(self._sig)
+        zero = spec.zero_state()  # each state at its init, in its dtype (an int8 state at its zero point)
         for s, (i, _) in zip(spec.states, self._pairs, strict=True):
-            self._ins[i].write(np.zeros(s.shape, np.float32))
+            self._ins[i].write(zero[s.name])
 
     def step(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         for name, value in feeds.items():
@@ -116,5 +126,5 @@ class BufferStepper:
         return logits
 
     def state(self) -> dict[str, np.ndarray]:
-        return {s.name: self._ins[i].read(int(np.prod(s.shape)), np.float32).reshape(s.shape)
+        return {s.name: self._ins[i].read(int(np.prod(s.shape)), np.dtype(s.dtype)).reshape(s.shape)
                 for s, (i, _) in zip(self.spec.states, self._pairs, strict=True)}

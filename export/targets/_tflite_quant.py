@@ -104,8 +104,12 @@ def _calibrate(float_model: bytes, recipe: Any, calibration: Calibration) -> dic
     return _widen_constant_ranges(dict(calib.get_model_qsvs()))
 
 
-def quantize(path: Path, spec: IOSpec, precision: str, calibration: Calibration | None) -> dict[str, Any]:
-    """Rewrite the float32 model at ``path`` in ``precision``; returns the manifest's precision details."""
+def quantize(path: Path, spec: IOSpec, precision: str, calibration: Calibration | None, *,
+             io: str = "float32") -> dict[str, Any]:
+    """Rewrite the float32 model at ``path`` in ``precision``; returns the manifest's precision details.
+    ``io="int8"`` (precision int8; ``spec``'s frame is raw pixels, `stexport.boundary.raw_frame_spec`): then the
+    integer boundary of `stexport.targets._tflite_io`."""
+    integer_io = io == "int8"  # (``io`` is reused as a loop variable below)
     from ai_edge_quantizer import qtyping, quantizer, recipe
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
@@ -146,8 +150,16 @@ def quantize(path: Path, spec: IOSpec, precision: str, calibration: Calibration 
         details["calibration_ranges"] = (f"the {100 - RANGE_PERCENTILE:g}-{RANGE_PERCENTILE:g} percentiles of every "
                                          f"activation over the calibration ({narrowed} ranges narrowed from the "
                                          "global min/max)")
+        if integer_io:
+            from stexport.targets._tflite_io import pixel_qsv
+
+            result = pixel_qsv(result, spec)
     quantized = q.quantize(result, enable_progress_bar=False, enable_progress_report=False)
     path.write_bytes(bytes(quantized.quantized_model))
+    if integer_io:
+        from stexport.targets._tflite_io import integer_boundary
+
+        details["integer_boundary"] = integer_boundary(path, spec)
     return details
 
 

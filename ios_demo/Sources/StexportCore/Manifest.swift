@@ -49,21 +49,43 @@ public enum Form: String {
     case clip
 }
 
-/// A float32 tensor of the contract (static shape, row-major).
+/// Keys of an integer-boundary manifest (`stexport --io int8`): per-tensor quantization and the integer init.
+public enum IntegerManifestKeys {
+    public static let quantization = "quantization"
+    public static let scale = "scale"
+    public static let zeroPoint = "zero_point"
+    public static let initKind = "init"
+    public static let initValue = "init_value"
+}
+
+/// An integer tensor's quantization: real value = scale * (q - zeroPoint).
+public struct Quantization: Equatable {
+    public let scale: Double
+    public let zeroPoint: Int
+    public func dequantize(_ q: Int8) -> Float { Float(scale * Double(Int(q) - zeroPoint)) }
+}
+
+/// A tensor of the contract (static shape, row-major): float32, or with an integer boundary a uint8 frame and
+/// int8 states carrying their quantization.
 public struct TensorInfo {
     public let name: String
     public let shape: [Int]
     public let dtype: String
     public let layout: String
+    public var quantization: Quantization? = nil
     public var count: Int { shape.reduce(1, *) }
 }
 
-/// A state carried between steps: feed `output` back as `name` next step; it starts at zero.
+/// A state carried between steps: feed `output` back as `name` next step. A float32 state starts at zero, an int8
+/// state (`[Int8]`) at its zero point (`initValue`, the integer that means 0.0).
 public struct StateInfo {
     public let name: String
     public let output: String
     public let shape: [Int]
+    public var dtype: String = "float32"
+    public var quantization: Quantization? = nil
     public var count: Int { shape.reduce(1, *) }
+    public var initValue: Int { quantization?.zeroPoint ?? 0 }
 }
 
 /// Resize (shorter side, then centre crop to height x width), then
@@ -129,6 +151,12 @@ public struct ModelManifest {
         return t
     }
 
+    /// Integer boundary: the frame is uint8 RGB NHWC `[1, H, W, 3]`, the preprocessing being inside the graph.
+    public var rawFrame: Bool { form == .stream && inputs.first(where: { $0.name == TensorNames.frame })?.dtype == "uint8" }
+
+    /// Any uint8/int8 tensor at the boundary: run through `ModelRuntime.runTyped`.
+    public var integerBoundary: Bool { rawFrame || states.contains(where: { $0.dtype != "float32" }) }
+
     /// The packed layout of the `clip` input (clip form only), e.g. "N(T*C)HW".
     public var clipLayout: String { inputs.first(where: { $0.name == TensorNames.clip })?.layout ?? "" }
 
@@ -150,15 +178,31 @@ public struct ModelManifest {
             resize: p[ManifestKeys.resize] as? String ?? "shorter side, then center crop",
             fps: p[ManifestKeys.fps] as? Double,
             frameStride: (p[ManifestKeys.frameStride] as? NSNumber)?.intValue ?? 1)
+        func quant(_ o: [String: Any]) throws -> Quantization? {
+            guard let q = o[IntegerManifestKeys.quantization] as? [String: Any] else { return nil }
+            guard let scale = q[IntegerManifestKeys.scale] as? NSNumber else { throw ManifestError("quantization.scale") }
+            return try Quantization(scale: scale.doubleValue, zeroPoint: int(q, IntegerManifestKeys.zeroPoint))
+        }
         func tensor(_ o: [String: Any]) throws -> TensorInfo {
             try TensorInfo(name: str(o, ManifestKeys.name), shape: ints(o, ManifestKeys.shape),
-                       dtype: o[ManifestKeys.dtype] as? String ?? "float32", layout: o[ManifestKeys.layout] as? String ?? "")
+                       dtype: o[ManifestKeys.dtype] as? String ?? "float32", layout: o[ManifestKeys.layout] as? String ?? "",
+                       quantization: quant(o))
         }
         let inputs = try objs(m, ManifestKeys.inputs).map(tensor)
         let outputs = try objs(m, ManifestKeys.outputs).map(tensor)
-        let states = try objs(m, ManifestKeys.states).map {
-            try StateInfo(name: str($0, ManifestKeys.name), output: str($0, ManifestKeys.output),
-                          shape: ints($0, ManifestKeys.shape))
+        let states = try objs(m, ManifestKeys.states).map { o -> StateInfo in
+            let name = try str(o, ManifestKeys.name)
+            let dtype = o[ManifestKeys.dtype] as? String ?? "float32"
+            let q = try quant(o)
+            if dtype == "int8" {  // an int8 state starts at its zero point
+                guard let q = q, o[IntegerManifestKeys.initKind] as? String == "zero_point" else {
+                    throw ManifestError("int8 state \(name) needs quantization and init zero_point")
+                }
+                let initValue = (o[IntegerManifestKeys.initValue] as? NSNumber)?.intValue ?? q.zeroPoint
+                guard initValue == q.zeroPoint else { throw ManifestError("state \(name): init_value is not its zero point") }
+            }
+            return try StateInfo(name: name, output: str(o, ManifestKeys.output), shape: ints(o, ManifestKeys.shape),
+                                 dtype: dtype, quantization: dtype == "int8" ? q : nil)
         }
         guard let form = Form(rawValue: try str(m, ManifestKeys.form)) else { throw ManifestError("unknown form") }
         let labels = (m[ManifestKeys.labels] as? [String: Any])?[ManifestKeys.file] as? String ?? "labels.txt"
@@ -174,8 +218,15 @@ public struct ModelManifest {
 
     /// The contract the app relies on: a bundle that breaks it fails at load time, not mid-stream.
     public func validate() throws {
-        for t in inputs + outputs where t.dtype != "float32" {
-            throw ManifestError("tensor \(t.name) is \(t.dtype), not float32")
+        var stateDtype: [String: String] = [:]
+        for s in states {
+            guard s.dtype == "float32" || s.dtype == "int8" else { throw ManifestError("state \(s.name) is \(s.dtype)") }
+            stateDtype[s.name] = s.dtype
+            stateDtype[s.output] = s.dtype
+        }
+        for t in inputs + outputs {
+            let want = t.name == TensorNames.frame && t.dtype == "uint8" ? "uint8" : stateDtype[t.name] ?? "float32"
+            guard t.dtype == want else { throw ManifestError("tensor \(t.name) is \(t.dtype), not \(want)") }
         }
         guard try output(TensorNames.logits).count == numClasses else {
             throw ManifestError("logits size != num_classes")
@@ -183,8 +234,9 @@ public struct ModelManifest {
         let p = preprocessing
         switch form {
         case .stream:
-            guard try input(TensorNames.frame).shape == [1, 3, p.height, p.width] else {
-                throw ManifestError("frame shape is not [1, 3, \(p.height), \(p.width)]")
+            let frameShape = rawFrame ? [1, p.height, p.width, 3] : [1, 3, p.height, p.width]
+            guard try input(TensorNames.frame).shape == frameShape else {
+                throw ManifestError("frame shape is not \(frameShape)")
             }
             for s in states {
                 guard try input(s.name).shape == s.shape, try output(s.output).shape == s.shape else {

@@ -194,3 +194,75 @@ final class StexportCoreTests: XCTestCase {
         XCTAssertEqual(try session.step(feeds: [TensorNames.frame: frame]).step, 0)
     }
 }
+
+/// The integer boundary (`stexport --io int8`): a uint8 NHWC frame fed as bytes, an int8 state starting at its
+/// zero point and carried as `[Int8]`, a float32 running mean, float32 logits.
+final class IntegerBoundaryTests: XCTestCase {
+    static let int8Manifest = """
+    {"schema_version": 1, "io": "int8",
+     "model": {"name": "toy8", "num_classes": 3, "num_frames": 4, "streaming": true},
+     "form": "stream", "target": "tflite", "artifact": {"file": "toy8_int8.tflite", "bytes": 1},
+     "preprocessing": {"size": [2, 2], "value_range": [0.0, 1.0], "mean": [0, 0, 0], "std": [1, 1, 1]},
+     "inputs": [{"name": "frame", "shape": [1, 2, 2, 3], "dtype": "uint8", "layout": "NHWC",
+                 "quantization": {"scale": 1.0, "zero_point": 0}},
+                {"name": "buf", "shape": [1, 2, 2, 2], "dtype": "int8", "init": "zero_point", "init_value": -117,
+                 "quantization": {"scale": 0.0336, "zero_point": -117}},
+                {"name": "mean", "shape": [1, 2], "dtype": "float32", "init": "zeros"}],
+     "outputs": [{"name": "logits", "shape": [1, 3], "dtype": "float32"},
+                 {"name": "buf_out", "shape": [1, 2, 2, 2], "dtype": "int8",
+                  "quantization": {"scale": 0.0336, "zero_point": -117}},
+                 {"name": "mean_out", "shape": [1, 2], "dtype": "float32"}],
+     "states": [{"name": "buf", "output": "buf_out", "shape": [1, 2, 2, 2], "dtype": "int8", "init": "zero_point",
+                 "init_value": -117, "quantization": {"scale": 0.0336, "zero_point": -117}},
+                {"name": "mean", "output": "mean_out", "shape": [1, 2], "dtype": "float32", "init": "zeros"}],
+     "input_order": ["frame", "buf", "mean"], "output_order": ["logits", "buf_out", "mean_out"]}
+    """
+
+    /// int8 state + 1, float32 state + 0.5; records the frames it was fed.
+    final class TypedRuntime: ModelRuntime {
+        var frames: [[UInt8]] = []
+        func run(_ inputs: [String: [Float]]) throws -> [String: [Float]] {
+            XCTFail("an integer boundary runs through runTyped")
+            return [:]
+        }
+        func runTyped(_ inputs: [String: Any]) throws -> [String: Any] {
+            frames.append(inputs[TensorNames.frame] as? [UInt8] ?? [])
+            let buf = inputs["buf"] as? [Int8] ?? []
+            let mean = inputs["mean"] as? [Float] ?? []
+            return [TensorNames.logits: [Float]([0, 1, 2]), "buf_out": buf.map { $0 + 1 }, "mean_out": mean.map { $0 + 0.5 }]
+        }
+    }
+
+    func testReadsQuantizationAndStartsAtTheZeroPoint() throws {
+        let manifest = try ModelManifest.parse(Data(Self.int8Manifest.utf8))
+        XCTAssertTrue(manifest.rawFrame && manifest.integerBoundary)
+        let buf = try XCTUnwrap(manifest.states.first { $0.name == "buf" })
+        XCTAssertEqual(buf.dtype, "int8")
+        XCTAssertEqual(buf.initValue, -117)
+        XCTAssertEqual(buf.quantization?.dequantize(-117), 0)
+        let runtime = TypedRuntime()
+        let session = StreamSession(manifest: manifest, runtime: runtime)
+        XCTAssertEqual(session.int8State("buf"), [Int8](repeating: -117, count: 8))
+        let rgb = (0..<12).map { UInt8(200 + $0) }
+        for _ in 0..<3 { _ = try session.step(feeds: [TensorNames.frame: rgb]) }
+        XCTAssertEqual(runtime.frames.first, rgb)
+        XCTAssertEqual(session.int8State("buf"), [Int8](repeating: -114, count: 8))
+        XCTAssertEqual(session.state("mean"), [1.5, 1.5])
+        session.reset()
+        XCTAssertEqual(session.int8State("buf"), [Int8](repeating: -117, count: 8))
+    }
+
+    func testRefusesFloatFramesOnAnIntegerBoundary() throws {
+        let manifest = try ModelManifest.parse(Data(Self.int8Manifest.utf8))
+        let runtime = TypedRuntime()
+        let session = StreamSession(manifest: manifest, runtime: runtime)
+        XCTAssertThrowsError(try session.step([Float](repeating: 0.5, count: 12))) { error in
+            XCTAssertTrue("\(error)".contains("expected frame: uint8 [1, 2, 2, 3] (12 RGB bytes)"))
+        }
+        XCTAssertThrowsError(try session.step([UInt8](repeating: 1, count: 11))) { XCTAssertTrue($0 is InputError) }
+        XCTAssertTrue(runtime.frames.isEmpty)
+        let broken = Self.int8Manifest.replacingOccurrences(of: "\"init_value\": -117, \"quantization\": {\"scale\": 0.0336, \"zero_point\": -117}},\n                {\"name\": \"mean\", \"output\"",
+                                                            with: "\"init_value\": 0, \"quantization\": {\"scale\": 0.0336, \"zero_point\": -117}},\n                {\"name\": \"mean\", \"output\"")
+        XCTAssertThrowsError(try ModelManifest.parse(Data(broken.utf8)))
+    }
+}

@@ -4,6 +4,7 @@ import org.stexport.demo.core.ModelManifest
 import org.stexport.demo.core.ModelRuntime
 import org.tensorflow.lite.Interpreter
 import java.io.File
+import java.nio.ByteBuffer
 import java.nio.FloatBuffer
 
 /**
@@ -38,6 +39,33 @@ class LiteRtRuntime(modelFile: File, private val manifest: ModelManifest, thread
             val a = FloatArray(t.size)
             results[t.name] = a
             fetches[t.name] = FloatBuffer.wrap(a)
+        }
+        interpreter.runSignature(feeds, fetches, signature)
+        return results
+    }
+
+    /** Integer boundary: uint8/int8 tensors as ByteArray (a uint8 RGB frame, int8 states), float32 as FloatArray. */
+    override fun runTyped(inputs: Map<String, Any>): Map<String, Any> {
+        val feeds = HashMap<String, Any>()
+        for ((name, data) in inputs) {
+            feeds[name] = when (data) {
+                is FloatArray -> FloatBuffer.wrap(data)
+                is ByteArray -> ByteBuffer.wrap(data)
+                else -> throw IllegalArgumentException("input $name is a ${data::class.simpleName}")
+            }
+        }
+        val results = LinkedHashMap<String, Any>()
+        val fetches = HashMap<String, Any>()
+        for (t in manifest.outputs) {
+            if (t.dtype == "float32") {
+                val a = FloatArray(t.size)
+                results[t.name] = a
+                fetches[t.name] = FloatBuffer.wrap(a)
+            } else {
+                val a = ByteArray(t.size)
+                results[t.name] = a
+                fetches[t.name] = ByteBuffer.wrap(a)
+            }
         }
         interpreter.runSignature(feeds, fetches, signature)
         return results

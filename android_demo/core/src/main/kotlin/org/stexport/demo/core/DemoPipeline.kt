@@ -50,7 +50,8 @@ class DemoPipeline(
 
     /** An RGB uint8 HWC frame already at the model size. */
     fun onModelRgb(rgb: ByteArray): Prediction {
-        val r = session.step(preprocessor.normalize(rgb, input))
+        // integer boundary: the graph preprocesses, so the model-size RGB bytes are the frame
+        val r = if (manifest.rawFrame) session.step(rgb) else session.step(preprocessor.normalize(rgb, input))
         val probs = smoother.update(Scores.softmax(r.logits))
         return Prediction(r.step, Scores.ranked(probs, labels, 5), r.millis, meter.add(r.millis))
     }

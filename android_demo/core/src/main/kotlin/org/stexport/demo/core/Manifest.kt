@@ -35,6 +35,15 @@ object ManifestKeys {
     const val SIGNATURE = "signature"
 }
 
+/** Keys of an integer-boundary manifest (`stexport --io int8`): per-tensor quantization and the integer init. */
+object IntegerManifestKeys {
+    const val QUANTIZATION = "quantization"
+    const val SCALE = "scale"
+    const val ZERO_POINT = "zero_point"
+    const val INIT = "init"
+    const val INIT_VALUE = "init_value"
+}
+
 /** Tensor names fixed by the stexport contract (everything else comes from the manifest). */
 object TensorNames {
     const val FRAME = "frame"
@@ -46,14 +55,45 @@ object TensorNames {
 
 enum class Form { STREAM, CLIP }
 
-/** A named float32 tensor of the contract: `shape` is static, data is row-major. */
-class TensorInfo(val name: String, val shape: IntArray, val dtype: String, val layout: String, val role: String) {
+/** An integer tensor's quantization: real value = [scale] * (q - [zeroPoint]). */
+class Quantization(val scale: Double, val zeroPoint: Int) {
+    fun dequantize(q: Byte): Float = (scale * (q - zeroPoint)).toFloat()
+
+    companion object {
+        fun parse(o: JsonObj?): Quantization? = o?.let {
+            Quantization(it.num(IntegerManifestKeys.SCALE), it.int(IntegerManifestKeys.ZERO_POINT))
+        }
+    }
+}
+
+/**
+ * A named tensor of the contract: `shape` is static, data is row-major; float32, or with an integer boundary a
+ * uint8 frame / int8 states carrying their [quantization].
+ */
+class TensorInfo(
+    val name: String,
+    val shape: IntArray,
+    val dtype: String,
+    val layout: String,
+    val role: String,
+    val quantization: Quantization? = null,
+) {
     val size: Int get() = shape.fold(1) { a, b -> a * b }
 }
 
-/** A state carried between steps: feed output [output] back as input [name]; starts at zero. */
-class StateInfo(val name: String, val output: String, val shape: IntArray) {
+/**
+ * A state carried between steps: feed output [output] back as input [name]. A float32 state starts at zero; an
+ * int8 state ([dtype] "int8", as ByteArray) at its zero point ([initValue], the integer that means 0.0).
+ */
+class StateInfo(
+    val name: String,
+    val output: String,
+    val shape: IntArray,
+    val dtype: String = "float32",
+    val quantization: Quantization? = null,
+) {
     val size: Int get() = shape.fold(1) { a, b -> a * b }
+    val initValue: Int get() = quantization?.zeroPoint ?: 0
 }
 
 /**
@@ -121,6 +161,12 @@ class ModelManifest(
     fun output(name: String): TensorInfo = outputs.firstOrNull { it.name == name }
         ?: throw IllegalArgumentException("manifest has no output '$name' (outputs: ${outputs.map { it.name }})")
 
+    /** Integer boundary: the frame is uint8 RGB NHWC `[1, H, W, 3]`, the preprocessing being inside the graph. */
+    val rawFrame: Boolean get() = form == Form.STREAM && input(TensorNames.FRAME).dtype == "uint8"
+
+    /** Any uint8/int8 tensor at the boundary: run through [ModelRuntime.runTyped]. */
+    val integerBoundary: Boolean get() = rawFrame || states.any { it.dtype != "float32" }
+
     /** The packed layout of the `clip` input (clip form only), e.g. "N(T*C)HW". */
     val clipLayout: String get() = input(TensorNames.CLIP).layout
 
@@ -128,14 +174,27 @@ class ModelManifest(
         fun parse(text: String): ModelManifest {
             val m = JsonObj.parse(text)
             val model = m.obj(ManifestKeys.MODEL)
+            fun quant(o: JsonObj) =
+                if (o.has(IntegerManifestKeys.QUANTIZATION)) Quantization.parse(o.obj(IntegerManifestKeys.QUANTIZATION))
+                else null
             fun tensor(o: JsonObj) = TensorInfo(
                 o.str(ManifestKeys.NAME), o.ints(ManifestKeys.SHAPE), o.strOrNull(ManifestKeys.DTYPE) ?: "float32",
-                o.strOrNull(ManifestKeys.LAYOUT) ?: "", o.strOrNull(ManifestKeys.ROLE) ?: "",
+                o.strOrNull(ManifestKeys.LAYOUT) ?: "", o.strOrNull(ManifestKeys.ROLE) ?: "", quant(o),
             )
             val inputs = m.objects(ManifestKeys.INPUTS).map(::tensor)
             val outputs = m.objects(ManifestKeys.OUTPUTS).map(::tensor)
             val states = m.objects(ManifestKeys.STATES).map {
-                StateInfo(it.str(ManifestKeys.NAME), it.str(ManifestKeys.OUTPUT), it.ints(ManifestKeys.SHAPE))
+                val dtype = it.strOrNull(ManifestKeys.DTYPE) ?: "float32"
+                val q = quant(it)
+                if (dtype == "int8") {
+                    require(q != null && it.strOrNull(IntegerManifestKeys.INIT) == "zero_point") {
+                        "int8 state ${it.str(ManifestKeys.NAME)} needs quantization and init zero_point"
+                    }
+                    val init = it.numOrNull(IntegerManifestKeys.INIT_VALUE)?.toInt() ?: q.zeroPoint
+                    require(init == q.zeroPoint) { "state ${it.str(ManifestKeys.NAME)}: init_value is not its zero point" }
+                }
+                StateInfo(it.str(ManifestKeys.NAME), it.str(ManifestKeys.OUTPUT), it.ints(ManifestKeys.SHAPE), dtype,
+                    if (dtype == "int8") q else null)
             }
             val form = when (val f = m.str(ManifestKeys.FORM)) {
                 "stream" -> Form.STREAM
@@ -158,16 +217,20 @@ class ModelManifest(
 
     /** The contract the apps rely on; a bundle that breaks it fails loudly at load time, not mid-stream. */
     fun validate() {
-        for (t in inputs + outputs) require(t.dtype == "float32") { "tensor ${t.name} is ${t.dtype}, not float32" }
+        val stateDtype = states.flatMap { listOf(it.name to it.dtype, it.output to it.dtype) }.toMap()
+        for (t in inputs + outputs) {
+            val want = if (t.name == TensorNames.FRAME && t.dtype == "uint8") "uint8" else stateDtype[t.name] ?: "float32"
+            require(t.dtype == want) { "tensor ${t.name} is ${t.dtype}, not $want" }
+        }
+        for (s in states) require(s.dtype in listOf("float32", "int8")) { "state ${s.name} is ${s.dtype}" }
         val logits = output(TensorNames.LOGITS)
         require(logits.size == numClasses) { "logits has ${logits.size} values, model has $numClasses classes" }
         val p = preprocessing
         when (form) {
             Form.STREAM -> {
                 val frame = input(TensorNames.FRAME)
-                require(frame.shape.contentEquals(intArrayOf(1, 3, p.height, p.width))) {
-                    "frame shape ${frame.shape.toList()} != [1, 3, ${p.height}, ${p.width}]"
-                }
+                val shape = if (rawFrame) intArrayOf(1, p.height, p.width, 3) else intArrayOf(1, 3, p.height, p.width)
+                require(frame.shape.contentEquals(shape)) { "frame shape ${frame.shape.toList()} != ${shape.toList()}" }
                 for (s in states) {
                     require(input(s.name).shape.contentEquals(s.shape)) { "state ${s.name}: input shape mismatch" }
                     require(output(s.output).shape.contentEquals(s.shape)) { "state ${s.name}: output shape mismatch" }

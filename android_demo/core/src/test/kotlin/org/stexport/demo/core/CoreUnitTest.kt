@@ -320,3 +320,103 @@ class InputCheckTest {
         assertEquals(0, session.steps)
     }
 }
+
+/** An integer-boundary manifest (`stexport --io int8`): uint8 NHWC frame, an int8 buffer state, a float32 mean. */
+private const val INT8_MANIFEST = """
+{"schema_version": 1, "io": "int8",
+ "model": {"name": "toy8", "num_classes": 3, "num_frames": 4, "streaming": true},
+ "form": "stream", "target": "tflite", "artifact": {"file": "toy8_int8.tflite", "bytes": 1},
+ "preprocessing": {"size": [2, 2], "value_range": [0.0, 1.0], "mean": [0, 0, 0], "std": [1, 1, 1],
+                   "tensor_layout": "NHWC uint8", "folded_into_graph": true},
+ "inputs": [{"name": "frame", "shape": [1, 2, 2, 3], "dtype": "uint8", "layout": "NHWC", "role": "frame",
+             "quantization": {"scale": 1.0, "zero_point": 0}},
+            {"name": "buf", "shape": [1, 2, 2, 2], "dtype": "int8", "role": "state", "init": "zero_point",
+             "init_value": -117, "quantization": {"scale": 0.0336, "zero_point": -117}},
+            {"name": "mean", "shape": [1, 2], "dtype": "float32", "role": "state", "init": "zeros"}],
+ "outputs": [{"name": "logits", "shape": [1, 3], "dtype": "float32"},
+             {"name": "buf_out", "shape": [1, 2, 2, 2], "dtype": "int8", "role": "state_out",
+              "quantization": {"scale": 0.0336, "zero_point": -117}},
+             {"name": "mean_out", "shape": [1, 2], "dtype": "float32", "role": "state_out"}],
+ "states": [{"name": "buf", "output": "buf_out", "shape": [1, 2, 2, 2], "dtype": "int8", "init": "zero_point",
+             "kind": "buffer", "init_value": -117, "quantization": {"scale": 0.0336, "zero_point": -117}},
+            {"name": "mean", "output": "mean_out", "shape": [1, 2], "dtype": "float32", "init": "zeros",
+             "kind": "accumulator"}],
+ "input_order": ["frame", "buf", "mean"], "output_order": ["logits", "buf_out", "mean_out"]}
+"""
+
+/** Typed runtime: int8 state + 1 (so the carried state is visible), float32 state + 0.5, logits from the frame. */
+private class TypedCountingRuntime : ModelRuntime {
+    var calls = 0
+    val frames = mutableListOf<ByteArray>()
+    override fun run(inputs: Map<String, FloatArray>): Map<String, FloatArray> = throw AssertionError("float path")
+    override fun runTyped(inputs: Map<String, Any>): Map<String, Any> {
+        calls += 1
+        frames += (inputs.getValue("frame") as ByteArray).copyOf()
+        val buf = inputs.getValue("buf") as ByteArray
+        val mean = inputs.getValue("mean") as FloatArray
+        return mapOf(
+            "logits" to floatArrayOf(0f, 1f, 2f),
+            "buf_out" to ByteArray(buf.size) { (buf[it] + 1).toByte() },
+            "mean_out" to FloatArray(mean.size) { mean[it] + 0.5f },
+        )
+    }
+}
+
+class IntegerBoundaryTest {
+    private val m = ModelManifest.parse(INT8_MANIFEST)
+
+    @Test
+    fun readsDtypesQuantizationAndZeroPointInit() {
+        assertTrue(m.rawFrame && m.integerBoundary)
+        val buf = m.states.first { it.name == "buf" }
+        assertEquals("int8", buf.dtype)
+        assertEquals(-117, buf.initValue)
+        assertEquals(0.0336, buf.quantization!!.scale, 0.0)
+        assertEquals(0f, buf.quantization!!.dequantize((-117).toByte()), 0f)
+        assertEquals(0.0336f, buf.quantization!!.dequantize((-116).toByte()), 1e-7f)
+        assertEquals(0, m.states.first { it.name == "mean" }.initValue)
+        assertFalse(ModelManifest.parse(manifestText()).integerBoundary)
+    }
+
+    @Test
+    fun startsAtTheZeroPointCarriesBytesAndResets() {
+        val rt = TypedCountingRuntime()
+        val s = StreamSession(m, rt)
+        assertArrayEquals(ByteArray(8) { -117 }, s.byteState("buf"))
+        val rgb = ByteArray(12) { (200 + it).toByte() }  // raw RGB bytes, values above 127 included
+        repeat(3) { s.stepFeeds(mapOf(TensorNames.FRAME to rgb)) }
+        assertArrayEquals(rgb, rt.frames[0])  // fed as they are: the graph preprocesses
+        assertArrayEquals(ByteArray(8) { -114 }, s.byteState("buf"))
+        assertArrayEquals(floatArrayOf(1.5f, 1.5f), s.state("mean"), 0f)
+        s.reset()
+        assertArrayEquals(ByteArray(8) { -117 }, s.byteState("buf"))
+        assertArrayEquals(FloatArray(2), s.state("mean"), 0f)
+    }
+
+    @Test
+    fun refusesFloatFramesAndWrongSizes() {
+        val rt = TypedCountingRuntime()
+        val s = StreamSession(m, rt)
+        val f = assertThrows(InputException::class.java) { s.step(FloatArray(12)) }
+        assertTrue(f.message!!, f.message!!.contains("expected frame: uint8 [1, 2, 2, 3] (12 RGB bytes)"))
+        val n = assertThrows(InputException::class.java) { s.step(ByteArray(11)) }
+        assertTrue(n.message!!, n.message!!.contains("frame has 11 values"))
+        assertThrows(InputException::class.java) { s.stepFeeds(mapOf(TensorNames.FRAME to FloatArray(12))) }
+        assertEquals(0, rt.calls)
+        assertArrayEquals(ByteArray(8) { -117 }, s.byteState("buf"))
+        val plain = StreamSession(ModelManifest.parse(manifestText()), CountingRuntime(ModelManifest.parse(manifestText())))
+        assertThrows(InputException::class.java) { plain.step(ByteArray(12)) }
+    }
+
+    @Test
+    fun aFloatOnlyRuntimeCannotRunAnIntegerBundle() {
+        val s = StreamSession(m, ModelRuntime { mapOf("logits" to FloatArray(3)) })
+        assertThrows(UnsupportedOperationException::class.java) { s.step(ByteArray(12)) }
+    }
+
+    @Test
+    fun rejectsAnInt8StateWithoutItsZeroPoint() {
+        val broken = INT8_MANIFEST.replace("\"init_value\": -117, ", "\"init_value\": 0, ")
+        assertThrows(IllegalArgumentException::class.java) { ModelManifest.parse(broken) }
+    }
+}

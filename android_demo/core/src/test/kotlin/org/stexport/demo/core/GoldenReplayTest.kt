@@ -64,36 +64,55 @@ class ReplayRuntime(private val manifest: ModelManifest, private val golden: Gol
     var calls = 0
         private set
     val checkedInputs = mutableListOf<String>()
-    private var served: Map<String, FloatArray> = emptyMap()
+    private var served: Map<String, Any> = emptyMap()
 
-    override fun run(inputs: Map<String, FloatArray>): Map<String, FloatArray> {
+    @Suppress("UNCHECKED_CAST")
+    override fun run(inputs: Map<String, FloatArray>): Map<String, FloatArray> =
+        serve(inputs) as Map<String, FloatArray>
+
+    /** An integer-boundary bundle: the frame is the golden RGB bytes themselves, int8 states start at zero point. */
+    override fun runTyped(inputs: Map<String, Any>): Map<String, Any> = serve(inputs)
+
+    private fun size(data: Any): Int = when (data) {
+        is FloatArray -> data.size
+        is ByteArray -> data.size
+        else -> -1
+    }
+
+    private fun serve(inputs: Map<String, Any>): Map<String, Any> {
         val call = calls++
         assertEquals("input names", manifest.inputOrder.toSet(), inputs.keys)
-        for ((name, data) in inputs) assertEquals("$name size", manifest.input(name).size, data.size)
+        for ((name, data) in inputs) assertEquals("$name size", manifest.input(name).size, size(data))
         val perStep = golden.framesPerStep
         val complete = (call + 1) % perStep == 0
         val g = golden.steps.getOrNull(call / perStep)
-        if (complete && g != null) {
+        if (complete && g != null && manifest.rawFrame) {
+            assertArrayEquals("step ${call / perStep}: frame is the golden bytes", g.frames.last(),
+                inputs.getValue(TensorNames.FRAME) as ByteArray)
+            checkedInputs += TensorNames.FRAME
+        } else if (complete && g != null) {
             for ((name, summary) in g.inputSummary) {
-                summary.check("step ${call / perStep} input $name", inputs.getValue(name), PREPROCESS_TOL)
+                summary.check("step ${call / perStep} input $name", inputs.getValue(name) as FloatArray, PREPROCESS_TOL)
                 checkedInputs += name
             }
         }
         for ((i, s) in manifest.states.withIndex()) {
             val got = inputs.getValue(s.name)
             if (call == 0) {
-                assertTrue("state ${s.name} starts at zero", got.all { it == 0f })
+                val init = if (got is ByteArray) got.all { it.toInt() == s.initValue } else (got as FloatArray).all { it == 0f }
+                assertTrue("state ${s.name} starts at ${s.initValue}", init)
                 g?.stateIn?.get(s.name)?.let { assertEquals("golden state_in ${s.name} at step 0", 0.0, it.absMax, 0.0) }
             } else {
-                assertArrayEquals("state ${s.name} must be last step's ${s.output}", served.getValue(s.output), got, 0f)
+                assertTrue("state ${s.name} must be last step's ${s.output}", served.getValue(s.output) === got)
             }
             assertEquals("state ${s.name} shape", s.shape.toList(), manifest.input(s.name).shape.toList())
             assertEquals("state order", s.name, manifest.states[i].name)
         }
-        val out = LinkedHashMap<String, FloatArray>()
+        val out = LinkedHashMap<String, Any>()
         out[TensorNames.LOGITS] = if (complete && g != null) g.logits.copyOf() else FloatArray(manifest.numClasses)
         for ((i, s) in manifest.states.withIndex()) {
-            out[s.output] = FloatArray(s.size) { k -> 1000f * (call + 1) + 10f * i + (k % 5) }
+            out[s.output] = if (s.dtype == "int8") ByteArray(s.size) { k -> (call * 7 + i + k).toByte() }
+            else FloatArray(s.size) { k -> 1000f * (call + 1) + 10f * i + (k % 5) }
         }
         served = out
         return out
@@ -129,7 +148,10 @@ class GoldenReplayTest {
         for ((i, step) in golden.steps.withIndex()) {
             assertEquals(golden.framesPerStep, step.frames.size)
             var last: StepResult? = null
-            for (f in step.frames) last = session.step(pre.normalize(pre.resizeCrop(f, golden.width, golden.height)))
+            for (f in step.frames) {
+                val rgb = pre.resizeCrop(f, golden.width, golden.height)
+                last = if (m.rawFrame) session.step(rgb) else session.step(pre.normalize(rgb))
+            }
             val logits = last!!.logits
             assertArrayEquals("${m.name} step $i logits", step.logits, logits, 0f)
             val top = Scores.ranked(logits, bundle.labels, 5)
@@ -142,7 +164,11 @@ class GoldenReplayTest {
         val expectInputs = if (m.form == Form.CLIP) TensorNames.CLIP else TensorNames.FRAME
         assertEquals(List(golden.steps.size) { expectInputs }, runtime.checkedInputs)
         session.reset()
-        for (s in m.states) assertTrue("reset zeroes ${s.name}", session.state(s.name).all { it == 0f })
+        for (s in m.states) {
+            val back = if (s.dtype == "int8") session.byteState(s.name).all { it.toInt() == s.initValue }
+            else session.state(s.name).all { it == 0f }
+            assertTrue("reset returns ${s.name} to ${s.initValue}", back)
+        }
     }
 
     @Test
