@@ -3,11 +3,14 @@
 * ``fp16``: float16 weights of convolutions and fully connected layers (FLOAT_CASTING, weight-only); LiteRT
   dequantizes them to float32, so compute stays float32 and the file halves.
 * ``int8-dynamic``: int8 channelwise weights, activations quantized on the fly by the kernels (``dynamic_wi8_afp32``).
-* ``int8``: int8 channelwise weights and int8 activations from calibration (``static_wi8_ai8``); the graph's inputs
-  and outputs stay float32 (quantize / dequantize ops at the boundary).
+* ``int8``: int8 channelwise weights and int8 activations (``static_wi8_ai8``) whose ranges are the 99.99th
+  percentiles of the calibration values (`_percentile_ranges`); the graph's inputs and outputs stay float32
+  (quantize / dequantize ops at the boundary) unless ``io="int8"`` (`stexport.targets._tflite_io`).
 
-In every precision the state-update path (`stexport.calibration.state_path`) is left unquantized, and the signature's
-inputs and outputs stay float32.
+Buffer states (``StateSpec.kind == "buffer"``: causal-conv and shift buffers) are int8 inside the graph, in their
+activation's quantization. The update path of the other states (`stexport.calibration.state_path`: running means,
+counters) is left float32 in every precision. Every op stays in one XNNPACK partition: the MoViNet step's integer
+op forms (`StepLayout`) avoid the ops XNNPACK has no int8 kernel for.
 """
 
 from __future__ import annotations
@@ -130,7 +133,7 @@ def quantize(path: Path, spec: IOSpec, precision: str, calibration: Calibration 
         for io in (qtyping.TFLOperationName.INPUT, qtyping.TFLOperationName.OUTPUT):  # float32 boundary
             q.update_quantization_recipe(regex=".*", operation_name=io, algorithm_key=AlgorithmName.NO_QUANTIZE)
         details.update(weights="int8 symmetric, per output channel",
-                       activations="int8 asymmetric per tensor, min/max from calibration", compute="int8")
+                       activations="int8 asymmetric per tensor, ranges from calibration", compute="int8")
     else:
         raise ValueError(f"tflite has no precision {precision!r}")
     state_ops, readers = _float_scopes(fu.read_model(path.read_bytes()), spec)
