@@ -44,10 +44,12 @@ def export_float32(graph: GraphModule, spec: IOSpec) -> tuple[Any, dict[str, Any
 
     example = spec.example_inputs()
     with torch.no_grad():
-        program = torch.onnx.export(graph, tuple(example[n] for n in spec.input_names),  # type: ignore[arg-type]
+        program = torch.onnx.export(graph, tuple(example[n] for n in spec.input_names),
                                     input_names=spec.input_names, output_names=spec.output_names,
                                     opset_version=OPSET, dynamo=True, optimize=True, verify=False,
                                     external_data=False)
+    if program is None:  # (only when writing to a file)
+        raise RuntimeError("torch.onnx.export(dynamo=True) returned no ONNXProgram")
     model = program.model_proto
     _rename_io(model, spec)
     exported_nodes = len(model.graph.node)
