@@ -47,7 +47,7 @@ def export_float32(graph: GraphModule, spec: IOSpec) -> tuple[Any, dict[str, Any
         program = torch.onnx.export(graph, tuple(example[n] for n in spec.input_names),
                                     input_names=spec.input_names, output_names=spec.output_names,
                                     opset_version=OPSET, dynamo=True, optimize=True, verify=False,
-                                    external_data=False)
+                                    external_data=False, verbose=False)  # (no progress lines on sys.stdout)
     if program is None:  # (only when writing to a file)
         raise RuntimeError("torch.onnx.export(dynamo=True) returned no ONNXProgram")
     model = program.model_proto
