@@ -28,7 +28,7 @@ def package_version(dist: str) -> str | None:
 
 
 def tool_versions() -> dict[str, str | None]:
-    dists = ("stexport", "torch", "onnx", "onnxruntime", "onnxsim", "litert-torch", "ai-edge-litert",
+    dists = ("stexport", "torch", "onnx", "onnxscript", "onnxruntime", "onnxsim", "litert-torch", "ai-edge-litert",
              "ai-edge-quantizer", "coremltools", "executorch", "torchao", "numpy")
     return {"python": platform.python_version(), **{d: package_version(d) for d in dists}}
 

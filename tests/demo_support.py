@@ -160,11 +160,15 @@ def kotlin_home() -> Path:
 
 
 def web_node_modules() -> Path:
-    """``npm ci`` in web_demo/ when onnxruntime-web is not installed there yet."""
+    """``npm ci`` in web_demo/ when onnxruntime-web or LiteRT.js (@litertjs/core, its wasm) is not installed there
+    yet."""
     dist = WEB / "node_modules" / "onnxruntime-web" / "dist"
-    if not (dist / "ort.wasm.min.js").is_file():
+    litert = WEB / "node_modules" / "@litertjs"
+    wanted = [dist / "ort.wasm.min.js", litert / "core" / "wasm" / "litert_wasm_internal.wasm",
+              litert / "wasm-utils" / "dist" / "index.js"]
+    if not all(f.is_file() for f in wanted):
         p = _run([npm(), "ci", "--no-audit", "--no-fund"], cwd=WEB, timeout=600)
-        if p.returncode != 0 or not (dist / "ort.wasm.min.js").is_file():
+        if p.returncode != 0 or not all(f.is_file() for f in wanted):
             raise Unavailable(f"npm ci in web_demo failed: {_tail(p, 800)}")
     return dist
 

@@ -1,5 +1,6 @@
-"""web_demo/: the page runs real ONNX bundles in headless Chromium (onnxruntime-web, wasm) on frames of a real
-video and must give the same per-frame logits as onnxruntime in Python, state carried frame to frame."""
+"""web_demo/: the page runs real ONNX bundles (onnxruntime-web, wasm) and TFLite bundles (LiteRT.js, wasm with
+XNNPACK) in headless Chromium on frames of a real video and must give the same per-frame logits as the artifact's
+own Python runtime (onnxruntime, LiteRT), state carried frame to frame."""
 
 from __future__ import annotations
 
@@ -41,15 +42,13 @@ def _pack(window: list[np.ndarray], layout: str) -> np.ndarray:
     return np.ascontiguousarray(clip.reshape(1, -1, *clip.shape[2:]))
 
 
-def ort_reference(bundle: Path, frames: np.ndarray) -> np.ndarray:
-    """Per-frame logits [T, K] from onnxruntime (CPU) with the app's loop: states carried, or the clip ring."""
-    import onnxruntime as ort
+def python_reference(bundle: Path, frames: np.ndarray) -> np.ndarray:
+    """Per-frame logits [T, K] from the artifact's Python runtime (onnxruntime on the CPU, or LiteRT's interpreter
+    with XNNPACK; 1 thread) with the app's loop: states carried, or the clip ring."""
+    from stexport.streaming import load_bundle_runner
 
     m = _manifest(bundle)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(str(bundle / m["artifact"]["file"]), opts, providers=["CPUExecutionProvider"])
-    names = [o.name for o in sess.get_outputs()]
+    runner = load_bundle_runner(bundle, threads=1)[0]
     x = _preprocess(frames, m["preprocessing"])
     state = {s["name"]: np.zeros(s["shape"], np.float32) for s in m["states"]}
     t_frames = m["model"]["num_frames"]
@@ -61,7 +60,7 @@ def ort_reference(bundle: Path, frames: np.ndarray) -> np.ndarray:
             feeds = {"clip": _pack(window, m["inputs"][0]["layout"]).reshape(m["inputs"][0]["shape"])}
         else:
             feeds = {"frame": x[t:t + 1], **state}
-        res = dict(zip(names, sess.run(None, feeds)))
+        res = runner.run(feeds)
         state = {s["name"]: res[s["output"]] for s in m["states"]}
         out.append(res["logits"][0])
     return np.asarray(out, np.float64)
@@ -148,34 +147,48 @@ def _save_small_png(src: Path, dst: Path) -> None:
     Image.open(src).convert("RGB").quantize(colors=256, dither=Image.Dither.NONE).save(dst, optimize=True)
 
 
-def _check_parity(web: list[list[float]], ref: np.ndarray, label: str) -> float:
+RUNTIME = {"onnx": ("onnxruntime-web", "onnxruntime"), "tflite": ("LiteRT.js", "LiteRT")}  # page, Python
+
+
+def _check_parity(web: list[list[float]], ref: np.ndarray, label: str, target: str = "onnx") -> float:
+    page_rt, py_rt = RUNTIME[target]
     got = np.asarray(web, np.float64)
-    assert got.shape == ref.shape, f"{label}: page gave {got.shape}, onnxruntime {ref.shape}"
+    assert got.shape == ref.shape, f"{label}: page gave {got.shape}, {py_rt} {ref.shape}"
     err = float(np.max(np.abs(got - ref)))
-    print(f"{label}: {len(ref)} frames, web vs onnxruntime max abs err {err:.3g}, "
+    print(f"{label}: {len(ref)} frames, {page_rt} vs {py_rt} max abs err {err:.3g}, "
           f"logit spread across frames {float(ref.std(0).mean()):.3g}")
-    assert err <= TOL, f"{label}: web logits differ from onnxruntime by {err:.3g} > {TOL}"
+    assert err <= TOL, f"{label}: {page_rt} logits differ from {py_rt} by {err:.3g} > {TOL}"
     return err
 
 
-def test_stream_model_matches_onnxruntime_on_video(browser: Browser, video: Path, tmp_path: Path) -> None:
-    bundle = ds.stream_bundle("onnx")
+def _stream_video_case(browser: Browser, video: Path, tmp_path: Path, target: str) -> Any:
+    """The real stream model's ``target`` bundle on 24 video frames in the page, per-frame logits against the
+    artifact's Python runtime; the page picked the runtime from the manifest. Returns the page."""
+    bundle = ds.stream_bundle(target)
     m = _manifest(bundle)
     frames, folder = _frames_for(bundle, video, 24, tmp_path)
-    page, res = _run_page(browser, bundle, frames, folder, "stream")
-    assert res["info"]["states"] == [s["name"] for s in m["states"]] and m["states"], "stream bundle has states"
-    assert res["info"]["inputs"] == m["input_order"] and res["info"]["outputs"] == m["output_order"]
-    ref = ort_reference(bundle, frames)
-    flipped = ort_reference(bundle, np.ascontiguousarray(frames[:, :, ::-1]))
+    page, res = _run_page(browser, bundle, frames, folder, f"stream-{target}")
+    info = res["info"]
+    assert info["target"] == target and info["runtime"].startswith(RUNTIME[target][0]), info
+    assert page.locator("#runtime").inner_text() == info["runtime"]
+    assert info["states"] == [s["name"] for s in m["states"]] and m["states"], "stream bundle has states"
+    assert info["inputs"] == m["input_order"] and info["outputs"] == m["output_order"], info
+    ref = python_reference(bundle, frames)
+    flipped = python_reference(bundle, np.ascontiguousarray(frames[:, :, ::-1]))
     sensitivity = float(np.max(np.abs(flipped - ref)))
     print(f"mirrored frames move the logits by up to {sensitivity:.3g}")
     assert sensitivity > 10 * TOL, "logits hardly depend on the frames: parity would prove nothing"
-    _check_parity(res["logits"], ref, m["model"]["name"])
+    _check_parity(res["logits"], ref, f"{m['model']['name']} ({target})", target)
     assert page.locator("#top5 li").count() == 5
     assert page.locator("#frame-no").inner_text() == str(len(frames))
     labels = (bundle / "labels.txt").read_text().splitlines()
     top = page.locator("#top5 li .label").all_inner_texts()
     assert all(t in labels for t in top)
+    return page
+
+
+def test_stream_model_matches_onnxruntime_on_video(browser: Browser, video: Path, tmp_path: Path) -> None:
+    page = _stream_video_case(browser, video, tmp_path, "onnx")
     shot = tmp_path / "screenshot.png"
     page.screenshot(path=str(shot))
     if os.environ.get("STX_DEMO_SCREENSHOT") or not (ds.WEB / "screenshot.png").is_file():
@@ -191,7 +204,7 @@ def test_clip_model_ring_buffer_matches_onnxruntime(browser: Browser, video: Pat
     t = m["model"]["num_frames"]
     frames, folder = _frames_for(bundle, video, t + 2, tmp_path)  # past one full window: the ring wraps
     page, res = _run_page(browser, bundle, frames, folder, "ring")
-    ref = ort_reference(bundle, frames)
+    ref = python_reference(bundle, frames)
     _check_parity(res["logits"], ref, f"{m['model']['name']} (ring buffer)")
     assert not browser.errors, browser.errors
     page.close()
@@ -203,17 +216,26 @@ def test_clip_form_bundle_uses_the_pages_ring(browser: Browser, video: Path, tmp
     assert m["form"] == "clip" and m["inputs"][0]["name"] == "clip"
     frames, folder = _frames_for(bundle, video, m["model"]["num_frames"] + 3, tmp_path)
     page, res = _run_page(browser, bundle, frames, folder, "clipform")
-    _check_parity(res["logits"], ort_reference(bundle, frames), "tinyclip (clip form, page ring)")
+    _check_parity(res["logits"], python_reference(bundle, frames), "tinyclip (clip form, page ring)")
     page.close()
 
 
-def test_trained_motion7_bundle_recognises_motion(browser: Browser, tmp_path: Path) -> None:
-    """The shipped, trained motion7 MoViNet exported to ONNX, in the page: on one test clip of each class (a fresh
-    stream each) the page's per-frame logits match onnxruntime, and its last-frame top-1 names the clip's motion."""
+def test_tflite_stream_model_matches_litert_on_video(browser: Browser, video: Path, tmp_path: Path) -> None:
+    """The same real stream model exported to TFLite, run by LiteRT.js in the page (tensors by signature name,
+    the signature from the manifest) against LiteRT in Python."""
+    page = _stream_video_case(browser, video, tmp_path, "tflite")
+    assert not browser.errors, browser.errors
+    page.close()
+
+
+def _motion7_case(browser: Browser, tmp_path: Path, target: str) -> None:
+    """The shipped, trained motion7 MoViNet exported to ``target``, in the page: on one test clip of each class (a
+    fresh stream each) the page's per-frame logits match the artifact's Python runtime, and its last-frame top-1
+    names the clip's motion."""
     import stexport
     from stexport import motion
 
-    bundle = stexport.export("movinet_a0_stream_motion7", target="onnx", out=tmp_path / "out",
+    bundle = stexport.export("movinet_a0_stream_motion7", target=target, out=tmp_path / "out",
                              progress=lambda s: None)
     labels = (bundle / "labels.txt").read_text().splitlines()
     assert labels == list(motion.CLASSES)
@@ -223,14 +245,24 @@ def test_trained_motion7_bundle_recognises_motion(browser: Browser, tmp_path: Pa
         folder = tmp_path / f"clip{k}"
         folder.mkdir()
         (folder / "frames.rgb").write_bytes(np.ascontiguousarray(frames).tobytes())
-        page, res = _run_page(browser, bundle, frames, folder, f"motion{k}")
-        _check_parity(res["logits"], ort_reference(bundle, frames), f"motion7 test clip {k} ({labels[label]})")
+        page, res = _run_page(browser, bundle, frames, folder, f"motion{k}-{target}")
+        assert res["info"]["target"] == target
+        _check_parity(res["logits"], python_reference(bundle, frames), f"motion7 test clip {k} ({labels[label]})",
+                      target)
         named.append(labels[int(np.argmax(res["logits"][-1]))] == labels[label])
         assert page.locator("#top5 li .label").first.inner_text() in labels
         page.close()
-    print(f"the page's top-1 names the motion in {sum(named)} of {len(named)} clips")
+    print(f"the page's top-1 ({RUNTIME[target][0]}) names the motion in {sum(named)} of {len(named)} clips")
     assert sum(named) >= len(named) - 1, named  # the model scores 99.4% on the test split
     assert not browser.errors, browser.errors
+
+
+def test_trained_motion7_bundle_recognises_motion(browser: Browser, tmp_path: Path) -> None:
+    _motion7_case(browser, tmp_path, "onnx")
+
+
+def test_tflite_motion7_bundle_recognises_motion_in_litert(browser: Browser, tmp_path: Path) -> None:
+    _motion7_case(browser, tmp_path, "tflite")
 
 
 def test_video_file_path_streams_frames(browser: Browser, video: Path) -> None:
@@ -252,18 +284,48 @@ def test_video_file_path_streams_frames(browser: Browser, video: Path) -> None:
     page.close()
 
 
-def test_core_js_replays_golden_in_node(tmp_path: Path) -> None:
-    """core.js without a browser: golden.json frames through normalize() match the exporter's input summaries
-    exactly, each `<state>_out` comes back as `<state>`, and top-5 labels match."""
+def _node_script(script: str, bundles: list[Path]) -> None:
+    """Run web_demo/test/``script`` in node over ``bundles``: it prints one "ok" line per bundle."""
     node = ds.need(ds.node)
-    bundles = [ds.stream_bundle("onnx"), ds.clip_ring_bundle("onnx"), ds.tiny_clip_form_bundle("onnx"),
-               ds.int8_io_bundle()]  # an integer boundary: uint8 frames fed as bytes, int8 state from its zero point
-    script = ds.WEB / "test" / "golden_replay.mjs"
-    p = subprocess.run([node, str(script), *map(str, bundles)], capture_output=True, text=True, timeout=120,
-                       cwd=ds.WEB)
+    p = subprocess.run([node, str(ds.WEB / "test" / script), *map(str, bundles)], capture_output=True, text=True,
+                       timeout=120, cwd=ds.WEB)
     print(p.stdout[-2000:])
     assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
     assert p.stdout.count("ok ") == len(bundles)
+
+
+def test_core_js_replays_golden_in_node(tmp_path: Path) -> None:
+    """core.js without a browser: golden.json frames through normalize() match the exporter's input summaries
+    exactly, each `<state>_out` comes back as `<state>`, and top-5 labels match."""
+    _node_script("golden_replay.mjs", [ds.stream_bundle("onnx"), ds.clip_ring_bundle("onnx"),
+                                       ds.tiny_clip_form_bundle("onnx"),
+                                       ds.int8_io_bundle()])  # integer boundary: uint8 frames, int8 state
+
+
+def test_tflite_golden_replays_and_litert_adapter_in_node() -> None:
+    """A real TFLite stream bundle without a browser: its golden.json through core.js, and runtimes.js's LiteRT.js
+    adapter with a stub signature that lists the tensors in another order than the manifest (each goes by name,
+    the state is carried, every tensor is deleted, a signature with other names or shapes is refused); the ONNX
+    bundle picks onnxruntime-web."""
+    tfl = ds.stream_bundle("tflite")
+    _node_script("golden_replay.mjs", [tfl])
+    _node_script("runtimes_check.mjs", [tfl, ds.stream_bundle("onnx")])
+
+
+def test_runtime_keys_exist_in_real_onnx_and_tflite_manifests() -> None:
+    """Every manifest key runtimes.js reads, per target, is in a real bundle of that target (LiteRT.js: the
+    signature name comes from ``tflite.signature``)."""
+    p = subprocess.run([ds.need(ds.node), "--input-type=module", "-e",
+                        "import('./runtimes.js').then(r => console.log(JSON.stringify(r.RUNTIME_MANIFEST_KEYS)))"],
+                       capture_output=True, text=True, cwd=ds.WEB, timeout=60)
+    assert p.returncode == 0, p.stderr
+    used = json.loads(p.stdout)
+    assert set(used) == {"onnx", "tflite"}
+    for target, keys in used.items():
+        m = _manifest(ds.stream_bundle(target))
+        assert m["target"] == target
+        assert set(keys) <= ds.manifest_keys(m), f"{target}: runtimes.js reads {set(keys) - ds.manifest_keys(m)}"
+    assert _manifest(ds.stream_bundle("tflite"))["tflite"]["signature"] == "serving_default"
 
 
 def test_names_used_by_the_page_exist_in_a_real_manifest() -> None:
@@ -299,5 +361,6 @@ def test_names_used_by_the_page_exist_in_a_real_manifest() -> None:
 def test_package_files_are_consistent() -> None:
     pkg = json.loads((ds.WEB / "package.json").read_text())
     lock = json.loads((ds.WEB / "package-lock.json").read_text())
-    assert pkg["dependencies"]["onnxruntime-web"] == lock["packages"]["node_modules/onnxruntime-web"]["version"]
+    for dep in ("onnxruntime-web", "@litertjs/core"):  # pinned, and the lock agrees
+        assert pkg["dependencies"][dep] == lock["packages"][f"node_modules/{dep}"]["version"], dep
     assert "node_modules" in (ds.WEB / ".gitignore").read_text()

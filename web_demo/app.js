@@ -1,10 +1,11 @@
 // The page: load a bundle, stream frames from a video file, the webcam or (in tests) raw RGB frames, run each
-// through onnxruntime-web with the state carried frame to frame, and show the top-5 and the time per frame.
+// through the bundle's runtime (onnxruntime-web for ONNX, LiteRT.js for TFLite; runtimes.js) with the state
+// carried frame to frame, and show the top-5 and the time per frame.
 import {
-  cropRect, frameInput, ortRuntime, parseLabels, parseManifest, Smoother, softmax, StreamSession, topK,
+  cropRect, frameInput, parseLabels, parseManifest, Smoother, softmax, StreamSession, topK,
 } from "./core.js";
+import { createRuntime, runtimeFor } from "./runtimes.js";
 
-/* global ort */
 const $ = (id) => document.getElementById(id);
 const params = new URLSearchParams(location.search);
 
@@ -15,7 +16,7 @@ const ui = {
 };
 
 const demo = {
-  manifest: null, labels: [], session: null, stream: null, smoother: new Smoother(0.3),
+  manifest: null, labels: [], runtime: null, stream: null, smoother: new Smoother(0.3),
   running: false, msHistory: [], work: document.createElement("canvas"),
 };
 
@@ -23,17 +24,15 @@ function status(text) {
   ui.status.textContent = text;
 }
 
-function configureOrt() {
-  ort.env.wasm.wasmPaths = new URL("node_modules/onnxruntime-web/dist/", location.href).href;
-  const threads = Number(params.get("threads") ?? (self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1));
-  ort.env.wasm.numThreads = threads;
-  ui.runtime.textContent = `onnxruntime-web ${ort.env.versions?.web ?? ""} (wasm, ${threads} thread${threads > 1 ? "s" : ""})`;
-}
+const threads = Number(params.get("threads") ?? (self.crossOriginIsolated ? Math.min(4, navigator.hardwareConcurrency || 1) : 1));
+// the libraries runtimes.js drives: onnxruntime-web's global (index.html), LiteRT.js imported on first use
+const libs = { ort: self.ort, litert: () => import("./node_modules/@litertjs/core/dist/index.js") };
 
-/** Load a bundle: the manifest, its labels and the ONNX artifact (bytes), then an inference session. */
+/** Load a bundle: the manifest, its labels and the artifact (bytes), then the runtime its target names. */
 async function loadBundle(files) {
-  const manifest = parseManifest(JSON.parse(await files.text("manifest.json")));
-  if (!manifest.artifact.endsWith(".onnx")) throw new Error(`this page runs ONNX bundles; ${manifest.artifact} is not one`);
+  const raw = JSON.parse(await files.text("manifest.json"));
+  const manifest = parseManifest(raw);
+  const kind = runtimeFor(raw);
   let labels = [];
   try {
     labels = parseLabels(await files.text(manifest.labelsFile));
@@ -41,12 +40,14 @@ async function loadBundle(files) {
     labels = [];
   }
   const bytes = new Uint8Array(await files.bytes(manifest.artifact));
-  status(`Creating a session for ${manifest.artifact} (${(bytes.length / 1e6).toFixed(1)} MB)…`);
-  const session = await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"], graphOptimizationLevel: "all" });
+  status(`Compiling ${manifest.artifact} (${(bytes.length / 1e6).toFixed(1)} MB) for ${kind.label}…`);
+  const runtime = await createRuntime(raw, manifest, bytes, { libs, wasmBase: location.href, threads });
+  demo.runtime?.dispose();
   demo.manifest = manifest;
   demo.labels = labels;
-  demo.session = session;
-  demo.stream = new StreamSession(manifest, ortRuntime(ort, session, manifest));
+  demo.runtime = runtime;
+  demo.stream = new StreamSession(manifest, runtime.run);
+  ui.runtime.textContent = runtime.label;
   demo.work.width = manifest.pre.width;
   demo.work.height = manifest.pre.height;
   resetState();
@@ -57,8 +58,8 @@ async function loadBundle(files) {
     : `${manifest.states.length} carried (${manifest.states.map((s) => s.name).slice(0, 4).join(", ")}` +
       `${manifest.states.length > 4 ? ", …" : ""})`;
   status("Ready: choose a video file or the webcam.");
-  return { name: manifest.name, form: manifest.form, states: manifest.states.map((s) => s.name),
-    inputs: session.inputNames, outputs: session.outputNames };
+  return { name: manifest.name, form: manifest.form, target: kind.target, runtime: runtime.label,
+    states: manifest.states.map((s) => s.name), inputs: runtime.inputs, outputs: runtime.outputs };
 }
 
 const urlFiles = (base) => {
@@ -248,7 +249,6 @@ window.stexportDemo = {
 };
 
 try {
-  configureOrt();
   wire();
   window.stexportDemo.ready = true;
   status("Choose a bundle folder.");
@@ -266,5 +266,5 @@ try {
       });
   }
 } catch (err) {
-  status(`Cannot start: ${err.message} (run "npm ci" in web_demo/ so node_modules/onnxruntime-web exists)`);
+  status(`Cannot start: ${err.message} (run "npm ci" in web_demo/ so node_modules/ has onnxruntime-web and @litertjs/core)`);
 }

@@ -18,7 +18,8 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 MIME = {".mjs": "text/javascript", ".js": "text/javascript", ".wasm": "application/wasm", ".json": "application/json",
-        ".onnx": "application/octet-stream", ".rgb": "application/octet-stream", ".txt": "text/plain; charset=utf-8",
+        ".onnx": "application/octet-stream", ".tflite": "application/octet-stream",
+        ".rgb": "application/octet-stream", ".txt": "text/plain; charset=utf-8",
         ".mp4": "video/mp4", ".webm": "video/webm"}
 
 

@@ -59,9 +59,9 @@ class Target:
 
 
 TARGETS: dict[str, Target] = {t.name: t for t in (
-    Target(name="onnx", suffix=".onnx", extra="onnx", requires=("onnx", "onnxruntime", "onnxsim"),
+    Target(name="onnx", suffix=".onnx", extra="onnx", requires=("onnx", "onnxscript", "onnxruntime", "onnxsim"),
            precisions=("fp32", "fp16", "int8-dynamic", "int8"), runtime="onnxruntime",
-           description="torch.onnx (TorchScript exporter, opset 17) + onnxsim; runs in ONNX Runtime"),
+           description="torch.onnx.export(dynamo=True) (torch.export, opset 18) + onnxsim; runs in ONNX Runtime"),
     Target(name="tflite", suffix=".tflite", extra="tflite", step_layout="nhwc",
            requires=("litert_torch", "ai_edge_litert", "ai_edge_quantizer"),
            precisions=("fp32", "fp16", "int8-dynamic", "int8"), runtime="LiteRT Interpreter (XNNPACK)",

@@ -1,9 +1,9 @@
-"""ONNX: TorchScript exporter (opset 17; the dynamo exporter cannot down-convert from 18), onnxsim, onnxruntime.
+"""ONNX: ``torch.onnx.export(dynamo=True)`` (``torch.export`` + onnxscript, opset 18; its optimizer folds
+constants), onnxsim where it still removes nodes, ONNX's checker and shape inference, onnxruntime.
 Reduced precisions: ONNX Runtime's float16 converter and quantizers (`stexport.targets._onnx_quant`)."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any
 
@@ -13,31 +13,69 @@ import torch
 from stexport.calibration import Calibration
 from stexport.spec import GraphModule, IOSpec
 
-OPSET = 17
+#: the opset the exporter writes (ONNX Runtime, onnxruntime-web and ONNX Runtime Mobile run it); no down-conversion
+OPSET = 18
+EXPORTER = "torch.onnx.export(dynamo=True) (torch.export + onnxscript optimizer)"
 
 
-def convert(graph: GraphModule, spec: IOSpec, path: Path, *, precision: str, metadata: dict[str, str],
-            calibration: Calibration | None = None) -> dict[str, Any]:
+def _rename_io(model: Any, spec: IOSpec) -> None:
+    """In place: the graph's inputs and outputs carry the contract's names (the exporter's outputs come in the
+    order ``GraphModule`` returns them); every reference to a renamed tensor follows."""
+    want = {"input": spec.input_names, "output": spec.output_names}
+    rename: dict[str, str] = {}
+    for kind, values in (("input", model.graph.input), ("output", model.graph.output)):
+        got = [v.name for v in values]
+        if len(got) != len(want[kind]):
+            raise RuntimeError(f"ONNX graph {kind}s {got} do not match the spec's {want[kind]}")
+        rename.update({old: new for old, new in zip(got, want[kind]) if old != new})
+    if not rename:
+        return
+    for v in (*model.graph.input, *model.graph.output, *model.graph.value_info, *model.graph.initializer):
+        v.name = rename.get(v.name, v.name)
+    for node in model.graph.node:
+        node.input[:] = [rename.get(n, n) for n in node.input]
+        node.output[:] = [rename.get(n, n) for n in node.output]
+
+
+def export_float32(graph: GraphModule, spec: IOSpec) -> tuple[Any, dict[str, Any]]:
+    """The float32 ``ModelProto`` with the contract's names, and the converter facts for the manifest."""
     import onnx
     import onnxsim
 
     example = spec.example_inputs()
-    buf = io.BytesIO()
     with torch.no_grad():
-        torch.onnx.export(graph, tuple(example[n] for n in spec.input_names), buf,  # type: ignore[arg-type]
-                          input_names=spec.input_names, output_names=spec.output_names, opset_version=OPSET,
-                          dynamo=False, do_constant_folding=True)
-    model = onnx.load_from_string(buf.getvalue())
+        program = torch.onnx.export(graph, tuple(example[n] for n in spec.input_names),
+                                    input_names=spec.input_names, output_names=spec.output_names,
+                                    opset_version=OPSET, dynamo=True, optimize=True, verify=False,
+                                    external_data=False, verbose=False)  # (no progress lines on sys.stdout)
+    if program is None:  # (only when writing to a file)
+        raise RuntimeError("torch.onnx.export(dynamo=True) returned no ONNXProgram")
+    model = program.model_proto
+    _rename_io(model, spec)
+    exported_nodes = len(model.graph.node)
     simplified, ok = onnxsim.simplify(model)
-    if ok:
+    helped = bool(ok) and len(simplified.graph.node) < exported_nodes
+    if helped:
         model = simplified
+    model = onnx.shape_inference.infer_shapes(model, check_type=True, strict_mode=True)
+    onnx.checker.check_model(model)
     names_in = [i.name for i in model.graph.input]
     names_out = [o.name for o in model.graph.output]
     if names_in != spec.input_names or names_out != spec.output_names:
         raise RuntimeError(f"ONNX graph names {names_in} -> {names_out} differ from the spec "
                            f"{spec.input_names} -> {spec.output_names}")
-    facts: dict[str, Any] = {"converter": "torch.onnx.export (TorchScript) + onnxsim", "opset": OPSET,
-                             "onnx": onnx.__version__, "onnxsim": onnxsim.__version__, "simplified": bool(ok)}
+    opset = max(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    facts = {"converter": EXPORTER + (" + onnxsim" if helped else ""), "exporter": "torch.export (dynamo)",
+             "opset": opset, "torch": torch.__version__, "onnx": onnx.__version__, "onnxsim": onnxsim.__version__,
+             "exported_nodes": exported_nodes, "simplified": helped}
+    return model, facts
+
+
+def convert(graph: GraphModule, spec: IOSpec, path: Path, *, precision: str, metadata: dict[str, str],
+            calibration: Calibration | None = None) -> dict[str, Any]:
+    import onnx
+
+    model, facts = export_float32(graph, spec)
     if precision != "fp32":
         from stexport.targets._onnx_quant import convert_precision
 

@@ -5,6 +5,7 @@
 // Usage: node test/golden_replay.mjs BUNDLE_DIR [BUNDLE_DIR ...]   (prints "ok <model>" per bundle)
 import { readFileSync } from "node:fs";
 import { join } from "node:path";
+import { eachBundle } from "./each_bundle.mjs";
 import { DTYPE_ARRAYS, frameInput, parseLabels, parseManifest, StreamSession, TENSOR_NAMES, topK } from "../core.js";
 
 const TOL = 1e-6;
@@ -94,13 +95,4 @@ async function replay(dir) {
     `${golden.steps.length} golden steps)`;
 }
 
-let failed = 0;
-for (const dir of process.argv.slice(2)) {
-  try {
-    console.log(`ok ${await replay(dir)}`);
-  } catch (err) {
-    failed += 1;
-    console.log(`FAIL ${dir}: ${err.message}`);
-  }
-}
-process.exit(failed ? 1 : 0);
+await eachBundle(process.argv.slice(2), replay);
