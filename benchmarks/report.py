@@ -81,12 +81,24 @@ def _table(header: list[str], lines: Iterable[list[str]]) -> str:
     return "\n".join(out)
 
 
+def _vs_fp32(r: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    """This row's median over the fp32 row of the same run, model, target and threads (reduced precisions)."""
+    lat = (r["runtime"] or {}).get("latency")
+    if r["precision"] == "fp32" or not lat:
+        return "–"
+    base = next(((b["runtime"] or {}).get("latency") for b in rows if b["precision"] == "fp32" and
+                 (b["run_id"], b["model"]["name"], b["target"], b["threads"]) ==
+                 (r["run_id"], r["model"]["name"], r["target"], r["threads"])), None)
+    return f"{lat['median_ms'] / base['median_ms']:.2f}" if base else "–"
+
+
 def runtime_table(rows: list[dict[str, Any]]) -> str:
     rs = [r for r in rows if r["kind"] == "runtime"]
     rs.sort(key=lambda r: (r["model"]["name"], r["threads"], r["target"] != "pytorch", r["target"], r["precision"]))
     header = ["model", "step", "target", "prec", "thr", "export s", "artifact MB", "peak RSS MB", "median ms",
-              "p90 ms", "vs PyTorch", "max abs err (gate / bench)", "GFLOPs/step", "GFLOP/s (% ceiling)", "status"]
-    return _table(header, (_runtime_line(r) for r in rs))
+              "p90 ms", "vs PyTorch", "/ fp32", "max abs err (gate / bench)", "GFLOPs/step", "GFLOP/s (% ceiling)",
+              "status"]
+    return _table(header, ([*line[:11], _vs_fp32(r, rs), *line[11:]] for r in rs for line in [_runtime_line(r)]))
 
 
 def recompute_table(rows: list[dict[str, Any]]) -> str:

@@ -66,6 +66,9 @@ def test_toy_stream_bench_writes_rows_table_and_plots(tmp_path: Path) -> None:
     assert rt["vs_pytorch"]["speedup_median"] > 0 and rt["vs_pytorch"]["rounds"] == 3
     assert rt["memory"]["runtime_peak_rss_bytes"] > 0 and torch_row["runtime"]["memory"]["runtime_peak_rss_bytes"] > 0
     assert rt["throughput"]["fraction_of_matmul_peak"] > 0
+    ceiling = torch_row["machine"]["conv_ceiling"]  # XNNPACK's large 3x3 conv, same run: what % ceiling divides by
+    assert ceiling["gflops_median"] > 0 and rt["throughput"]["conv_ceiling_gflops"] == ceiling["gflops_median"]
+    assert rt["throughput"]["fraction_of_conv_ceiling"] > 0
     pc = rt["position_curve"]
     assert pc["window"] == 3 and len(pc["median_ms"]) == 10 and pc["late_frames"] == [27, 30]
     assert pc["late_over_early_interleaved"] > 0
