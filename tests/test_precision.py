@@ -236,3 +236,75 @@ def test_fp16_tflite_stream_does_not_drift(tmp_path: Path) -> None:
     fp16 = res["tflite fp16"]
     assert fp16["max_abs_err_last_100"] <= 2 * fp16["max_abs_err_first_100"] + 1e-3  # no growth along the stream
     assert fp16["top1_agreement_over_stream"] >= 0.99
+
+
+# ---- ONNX int8 graph facts: the QDQ form ONNX Runtime's x86 integer kernels take --------------------------------------
+
+def _qdq_mul_model(c: float):  # type: ignore[no-untyped-def]
+    """x -> Q -> DQ -> Mul(c) -> Q -> DQ -> y (uint8 activations), as quantize_static writes hard-swish's ``/ 6``."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.array(v, dtype), n) for n, v, dtype in [
+        ("s1", 0.05, np.float32), ("z1", 128, np.uint8), ("s2", 0.01, np.float32), ("z2", 120, np.uint8),
+        ("cq", 255, np.uint8), ("cs", c / 255, np.float32), ("cz", 0, np.uint8)]]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s1", "z1"], ["xq"], name="q1"),
+             helper.make_node("DequantizeLinear", ["xq", "s1", "z1"], ["xd"], name="dq1"),
+             helper.make_node("DequantizeLinear", ["cq", "cs", "cz"], ["c"], name="dqc"),
+             helper.make_node("Mul", ["xd", "c"], ["m"], name="mul"),
+             helper.make_node("QuantizeLinear", ["m", "s2", "z2"], ["mq"], name="q2"),
+             helper.make_node("DequantizeLinear", ["mq", "s2", "z2"], ["y"], name="dq2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_constant_mul_folds_into_the_readers_scale() -> None:
+    import onnxruntime as ort
+
+    from stexport.targets._onnx_quant import fold_constant_muls
+
+    model = _qdq_mul_model(1 / 6)
+    assert fold_constant_muls(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["QuantizeLinear", "DequantizeLinear"]
+    x = np.linspace(-6, 6, 8, dtype=np.float32)
+    y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    xq = np.clip(np.round(x / 0.05) + 128, 0, 255)
+    assert np.allclose(y, (xq - 128) * 0.05 / 6, atol=1e-6)  # the same integers, read at a 6x smaller scale
+    negative = _qdq_mul_model(0.5)  # cq 0, cz 255: the constant is -0.5, which would flip the range: left alone
+    from onnx import numpy_helper
+
+    inits = negative.graph.initializer
+    for i, (name, v) in enumerate([("cq", 0), ("cz", 255)]):
+        k = next(j for j, t in enumerate(inits) if t.name == name)
+        inits[k].CopyFrom(numpy_helper.from_array(np.array(v, np.uint8), name))
+    assert fold_constant_muls(negative) == 0 and len(negative.graph.node) == 6
+
+
+def test_tiny_onnx_int8_runs_uint8_activations(tmp_path: Path) -> None:
+    """Activations are quantized to uint8 (ONNX Runtime's x86 QLinearConv / QLinearAdd / QLinearMul take uint8 x
+    int8; with int8 activations its QDQ fusions decline and convs run in float between Q/DQ pairs), every Conv sits
+    in a DequantizeLinear -> Conv -> QuantizeLinear unit, and the manifest lists the float32 op types with a reason."""
+    import onnx
+    from onnx import numpy_helper
+
+    torch.manual_seed(0)
+    bundle = stexport.export(TinyStream().eval(), target="onnx", precision="int8", out=tmp_path, steps=8,
+                             calibration_frames=24, progress=lambda s: None)
+    m = _manifest(bundle)
+    graph = onnx.load(str(bundle / m["artifact"]["file"])).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list] = {}
+    for n in graph.node:
+        for t in n.input:
+            readers.setdefault(t, []).append(n)
+    quants = [n for n in graph.node if n.op_type == "QuantizeLinear"]
+    assert quants and all(inits[n.input[2]].dtype == np.uint8 for n in quants)
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert convs
+    for n in convs:
+        assert all(producer[t].op_type == "DequantizeLinear" for t in n.input), n.name
+        assert [r.op_type for r in readers[n.output[0]]] == ["QuantizeLinear"], n.name
+    floats = m["precision_details"]["float_ops"]
+    assert "Conv" not in floats and floats and all(v["count"] > 0 and v["reason"] for v in floats.values())
