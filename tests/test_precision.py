@@ -238,11 +238,10 @@ def test_fp16_tflite_stream_does_not_drift(tmp_path: Path) -> None:
     assert fp16["top1_agreement_over_stream"] >= 0.99
 
 
-# ---- ONNX int8 graph facts: the QDQ form ONNX Runtime's x86 integer kernels take --------------------------------------
+# ---- ONNX int8 graph facts: the QDQ form ONNX Runtime's x86 integer kernels take -------------------------------------
 
 def _qdq_mul_model(c: float):  # type: ignore[no-untyped-def]
     """x -> Q -> DQ -> Mul(c) -> Q -> DQ -> y (uint8 activations), as quantize_static writes hard-swish's ``/ 6``."""
-    import onnx
     from onnx import TensorProto, helper, numpy_helper
 
     inits = [numpy_helper.from_array(np.array(v, dtype), n) for n, v, dtype in [
@@ -275,7 +274,7 @@ def test_constant_mul_folds_into_the_readers_scale() -> None:
     from onnx import numpy_helper
 
     inits = negative.graph.initializer
-    for i, (name, v) in enumerate([("cq", 0), ("cz", 255)]):
+    for name, v in [("cq", 0), ("cz", 255)]:
         k = next(j for j, t in enumerate(inits) if t.name == name)
         inits[k].CopyFrom(numpy_helper.from_array(np.array(v, np.uint8), name))
     assert fold_constant_muls(negative) == 0 and len(negative.graph.node) == 6
