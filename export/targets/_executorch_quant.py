@@ -58,6 +58,45 @@ def _pad_feeders(gm: torch.fx.GraphModule) -> set[str]:
     return out
 
 
+def _int8_extras(config: Any, allowed: Any) -> Any:
+    """A quantizer run after the XNNPACK one, for ops it leaves float32 although XNNPACK runs them in int8:
+    ``hardtanh`` / ``clamp`` (hard-swish's relu6 in the integer step form; output shares the input's
+    quantization) and ``mean.dim`` over H, W with keepdim (XNNPACK's quantized global average pooling). Without
+    them each hard-swish and spatial mean leaves the int8 graph through a dequantize / quantize pair."""
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, Quantizer, SharedQuantizationSpec
+    from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
+    from torchao.quantization.pt2e.quantizer.utils import get_input_act_qspec, get_output_act_qspec
+
+    clamps = {torch.ops.aten.hardtanh.default, torch.ops.aten.clamp.default}
+    means = {torch.ops.aten.mean.dim}
+
+    class Extras(Quantizer):
+        def annotate(self, gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            for n in gm.graph.nodes:
+                if n.op != "call_function" or n.target not in clamps | means or not allowed(n):
+                    continue
+                if Q_ANNOTATION_KEY in n.meta and n.meta[Q_ANNOTATION_KEY]._annotated:
+                    continue
+                x = n.args[0]
+                if not isinstance(x, torch.fx.Node) or x.meta["val"].dtype != torch.float32:
+                    continue
+                if n.target in means:
+                    dims = sorted(d % x.meta["val"].dim() for d in n.args[1])
+                    if x.meta["val"].dim() != 4 or dims != [2, 3] or not (len(n.args) > 2 and n.args[2]):
+                        continue
+                    out: Any = get_output_act_qspec(config)
+                else:
+                    out = SharedQuantizationSpec((x, n))
+                n.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(
+                    input_qspec_map={x: get_input_act_qspec(config)}, output_qspec=out, _annotated=True)
+            return gm
+
+        def validate(self, model: torch.fx.GraphModule) -> None:
+            pass
+
+    return Extras()
+
+
 def quantize(graph: torch.nn.Module, spec: IOSpec, args: tuple[torch.Tensor, ...], precision: str,
              calibration: Calibration | None) -> tuple[torch.export.ExportedProgram, dict[str, Any]]:
     """The exported program of ``graph`` quantized in ``precision``, and the manifest's precision details."""
@@ -72,9 +111,16 @@ def quantize(graph: torch.nn.Module, spec: IOSpec, args: tuple[torch.Tensor, ...
     gm = torch.export.export(graph, args, strict=False).module()
     keep = _state_nodes(gm, spec) if spec.states else set()
     pads = _pad_feeders(gm)
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    quantizer.set_filter_function(lambda n: n.name not in keep and n.name not in pads)
-    prepared = prepare_pt2e(gm, quantizer)
+    from torchao.quantization.pt2e.quantizer import ComposableQuantizer
+
+    config = get_symmetric_quantization_config(is_per_channel=True)
+    xnn = XNNPACKQuantizer().set_global(config)
+
+    def allowed(n: torch.fx.Node) -> bool:
+        return n.name not in keep and n.name not in pads
+
+    xnn.set_filter_function(allowed)
+    prepared = prepare_pt2e(gm, ComposableQuantizer([xnn, _int8_extras(config, allowed)]))
     details: dict[str, Any] = {"tool": f"XNNPACKQuantizer (PT2E, torchao {package_version('torchao')})",
                                "state_path_float32_ops": len(keep), "pad_input_float32_ops": len(pads),
                                "weights": "int8 symmetric, per output channel",
