@@ -307,3 +307,51 @@ def test_tiny_onnx_int8_runs_uint8_activations(tmp_path: Path) -> None:
         assert [r.op_type for r in readers[n.output[0]]] == ["QuantizeLinear"], n.name
     floats = m["precision_details"]["float_ops"]
     assert "Conv" not in floats and floats and all(v["count"] > 0 and v["reason"] for v in floats.values())
+
+
+# ---- ExecuTorch int8: hard-swish's relu6 and the spatial mean stay in XNNPACK's int8 graph -------------------------
+
+def test_executorch_int8_quantizes_hardtanh_and_mean() -> None:
+    """The XNNPACK quantizer leaves ``hardtanh`` (the integer step form's relu6) and ``mean.dim`` float32; the
+    extra annotation puts them between quantize / dequantize ops, and the whole graph lowers to one delegate call."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from executorch.exir import to_edge_transform_and_lower
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import ComposableQuantizer
+
+    from stexport.targets._executorch_quant import _int8_extras
+
+    class HardSwishMean(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            y = torch.nn.functional.hardtanh(y + 3, 0, 6) * y * (1 / 6)
+            return y.mean((2, 3), keepdim=True)
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 16, 16)
+    gm = torch.export.export(HardSwishMean().eval(), (x,), strict=False).module()
+    config = get_symmetric_quantization_config(is_per_channel=True)
+    prepared = prepare_pt2e(gm, ComposableQuantizer([XNNPACKQuantizer().set_global(config),
+                                                     _int8_extras(config, lambda n: True)]))
+    for _ in range(4):
+        prepared(torch.randn(1, 3, 16, 16))
+    converted = convert_pt2e(prepared)
+    targets = {torch.ops.aten.hardtanh.default, torch.ops.aten.mean.dim}
+    found = [n for n in converted.graph.nodes if n.op == "call_function" and n.target in targets]
+    assert len(found) == 2
+    for n in found:
+        assert "dequantize" in str(n.args[0].target), n
+        assert all("quantize" in str(u.target) and "dequantize" not in str(u.target) for u in n.users), n
+    program = torch.export.export(converted, (x,), strict=False)
+    lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).exported_program()
+    calls = [n for n in lowered.graph.nodes if n.op == "call_function"]
+    assert sum("executorch_call_delegate" in str(n.target) for n in calls) == 1
+    assert all("executorch_call_delegate" in str(n.target) or "getitem" in str(n.target) for n in calls), calls
