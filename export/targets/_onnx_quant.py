@@ -203,6 +203,12 @@ def _drop_unread(model: Any, keep_ids: Any = None) -> None:
 
 
 QDQ = frozenset({"QuantizeLinear", "DequantizeLinear"})
+#: op types in a DequantizeLinear -> op -> QuantizeLinear unit that ONNX Runtime's CPU provider runs in integers
+#: (its QDQ selector-action fusions: QLinear* / QGemm / MatMulInteger ops, or the Q/DQ pair dropped around a
+#: data-movement op; Clip and Relu are folded into the QuantizeLinear range)
+ORT_INT8 = frozenset({"Conv", "Gemm", "MatMul", "Add", "Mul", "Concat", "Sigmoid", "LeakyRelu", "Softmax",
+                      "AveragePool", "GlobalAveragePool", "MaxPool", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
+                      "Flatten", "Slice", "Gather", "Resize", "Where", "Split", "Clip", "Relu", "ArgMax"})
 SHAPE_ONLY = frozenset({"Reshape", "Squeeze", "Unsqueeze", "Flatten", "Shape", "Transpose"})
 
 
@@ -226,6 +232,12 @@ def float_ops(model: Any, keep: list[str]) -> dict[str, dict[str, Any]]:
         quant_out = all(r.op_type == "QuantizeLinear" for o in n.output for r in readers.get(o, [])) and \
             all(readers.get(o) for o in n.output)
         if quant_in and quant_out:
+            if n.op_type in ORT_INT8:
+                continue
+            entry = out.setdefault(n.op_type, {"count": 0, "reason": (
+                "quantized in the graph, but ONNX Runtime's CPU provider has no integer kernel (QDQ fusion) for it: "
+                "it runs in float32 between DequantizeLinear and QuantizeLinear")})
+            entry["count"] += 1
             continue
         if (n.name in kept or any(n.name.startswith(k + "_") for k in kept)) and n.op_type in ("Concat", "Slice"):
             reason = ("state-update path: a buffer's shift (concatenate the new frame, drop the oldest) between "
