@@ -45,6 +45,16 @@ def convert(graph: GraphModule, spec: IOSpec, path: Path, *, precision: str, met
                              "executorch": package_version("executorch"), "method": "forward",
                              "delegate_calls": delegated}
     if details is not None:
+        left: dict[str, int] = {}
+        for n in lowered.exported_program().graph.nodes:
+            op = str(n.target)
+            if n.op == "call_function" and "executorch_call_delegate" not in op and "getitem" not in op:
+                left[op] = left.get(op, 0) + 1
+        details["delegate_calls"] = delegated
+        details["float_ops"] = {op: {"count": c, "reason": (
+            "outside the XNNPACK delegate, an ExecuTorch portable kernel in float32 (the state-update path's "
+            "running means / frame count and buffer shifts, a pad's input, or an op XNNPACK does not take)")}
+            for op, c in sorted(left.items())}
         facts["precision"] = details
     return facts
 
