@@ -52,6 +52,8 @@ def convert(graph: GraphModule, spec: IOSpec, path: Path, *, precision: str, met
                 left[op] = left.get(op, 0) + 1
         details["delegate_calls"] = delegated
         details["float_ops"] = {op: {"count": c, "reason": (
+            "outside the XNNPACK delegate: an int8 <-> float32 conversion at the float32 state-update path or "
+            "boundary" if "quantize" in op else
             "outside the XNNPACK delegate, an ExecuTorch portable kernel in float32 (the state-update path's "
             "running means / frame count and buffer shifts, a pad's input, or an op XNNPACK does not take)")}
             for op, c in sorted(left.items())}
