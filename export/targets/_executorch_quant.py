@@ -97,6 +97,38 @@ def _int8_extras(config: Any, allowed: Any) -> Any:
     return Extras()
 
 
+NEW_TENSORS = ("new_full", "new_zeros", "new_ones")
+
+
+def _freeze_new_tensors(gm: torch.fx.GraphModule) -> int:
+    """``x.new_full(shape, v)`` / ``new_zeros`` / ``new_ones`` of a static shape (the integer step form's residual
+    average pool as a depthwise conv: weight ``1/9``, bias 0) become constant buffers. Left as ops, the quantizer
+    quantizes the weight per channel at run time: XNNPACK takes no such conv and ``to_executorch`` fails (no out
+    variant of ``quantize_per_channel``). Returns the number frozen."""
+    k = 0
+    for n in list(gm.graph.nodes):
+        name = str(n.target)
+        val = n.meta.get("val")
+        if n.op != "call_function" or not any(t in name for t in NEW_TENSORS) or not isinstance(val, torch.Tensor):
+            continue
+        shape = [int(d) for d in val.shape]
+        if "new_full" in name:
+            value = torch.full(shape, float(n.args[2]), dtype=val.dtype)
+        else:
+            value = (torch.zeros if "new_zeros" in name else torch.ones)(shape, dtype=val.dtype)
+        attr = f"_stexport_const_{n.name}"
+        gm.register_buffer(attr, value)
+        with gm.graph.inserting_before(n):
+            const = gm.graph.get_attr(attr)
+        const.meta["val"] = val
+        n.replace_all_uses_with(const)
+        gm.graph.erase_node(n)
+        k += 1
+    gm.graph.lint()
+    gm.recompile()
+    return k
+
+
 def quantize(graph: torch.nn.Module, spec: IOSpec, args: tuple[torch.Tensor, ...], precision: str,
              calibration: Calibration | None) -> tuple[torch.export.ExportedProgram, dict[str, Any]]:
     """The exported program of ``graph`` quantized in ``precision``, and the manifest's precision details."""
@@ -109,6 +141,7 @@ def quantize(graph: torch.nn.Module, spec: IOSpec, args: tuple[torch.Tensor, ...
     if precision != "int8":
         raise ValueError(f"executorch has no precision {precision!r}")
     gm = torch.export.export(graph, args, strict=False).module()
+    frozen = _freeze_new_tensors(gm)
     keep = _state_nodes(gm, spec) if spec.states else set()
     pads = _pad_feeders(gm)
     from torchao.quantization.pt2e.quantizer import ComposableQuantizer
@@ -123,6 +156,7 @@ def quantize(graph: torch.nn.Module, spec: IOSpec, args: tuple[torch.Tensor, ...
     prepared = prepare_pt2e(gm, ComposableQuantizer([xnn, _int8_extras(config, allowed)]))
     details: dict[str, Any] = {"tool": f"XNNPACKQuantizer (PT2E, torchao {package_version('torchao')})",
                                "state_path_float32_ops": len(keep), "pad_input_float32_ops": len(pads),
+                               "constants_frozen": frozen,
                                "weights": "int8 symmetric, per output channel",
                                "activations": "int8 asymmetric per tensor, histogram observers over the calibration",
                                "compute": "int8 (XNNPACK), float32 where the quantizer has no int8 pattern"}
