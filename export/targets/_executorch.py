@@ -48,7 +48,8 @@ def convert(graph: GraphModule, spec: IOSpec, path: Path, *, precision: str, met
         left: dict[str, int] = {}
         for n in lowered.exported_program().graph.nodes:
             op = str(n.target)
-            if n.op == "call_function" and "executorch_call_delegate" not in op and "getitem" not in op:
+            if (n.op == "call_function" and "executorch_call_delegate" not in op and "getitem" not in op
+                    and "alloc" not in op):  # memory planning's allocations are not ops
                 left[op] = left.get(op, 0) + 1
         details["delegate_calls"] = delegated
         details["float_ops"] = {op: {"count": c, "reason": (
