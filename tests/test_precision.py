@@ -239,3 +239,122 @@ def test_reduced_precision_tflite_streams_do_not_drift(tmp_path: Path) -> None:
     assert fp16["top1_agreement_over_stream"] >= 0.99
     assert int8["max_abs_err_last_100"] <= 1.25 * int8["max_abs_err_first_100"]
     assert int8["top1_agreement_over_stream"] >= 0.95
+
+
+# ---- ONNX int8 graph facts: the QDQ form ONNX Runtime's x86 integer kernels take -------------------------------------
+
+def _qdq_mul_model(c: float):  # type: ignore[no-untyped-def]
+    """x -> Q -> DQ -> Mul(c) -> Q -> DQ -> y (uint8 activations), as quantize_static writes hard-swish's ``/ 6``."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = [numpy_helper.from_array(np.array(v, dtype), n) for n, v, dtype in [
+        ("s1", 0.05, np.float32), ("z1", 128, np.uint8), ("s2", 0.01, np.float32), ("z2", 120, np.uint8),
+        ("cq", 255, np.uint8), ("cs", c / 255, np.float32), ("cz", 0, np.uint8)]]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s1", "z1"], ["xq"], name="q1"),
+             helper.make_node("DequantizeLinear", ["xq", "s1", "z1"], ["xd"], name="dq1"),
+             helper.make_node("DequantizeLinear", ["cq", "cs", "cz"], ["c"], name="dqc"),
+             helper.make_node("Mul", ["xd", "c"], ["m"], name="mul"),
+             helper.make_node("QuantizeLinear", ["m", "s2", "z2"], ["mq"], name="q2"),
+             helper.make_node("DequantizeLinear", ["mq", "s2", "z2"], ["y"], name="dq2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [8])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+def test_constant_mul_folds_into_the_readers_scale() -> None:
+    import onnxruntime as ort
+
+    from stexport.targets._onnx_quant import fold_constant_muls
+
+    model = _qdq_mul_model(1 / 6)
+    assert fold_constant_muls(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["QuantizeLinear", "DequantizeLinear"]
+    x = np.linspace(-6, 6, 8, dtype=np.float32)
+    y = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    xq = np.clip(np.round(x / 0.05) + 128, 0, 255)
+    assert np.allclose(y, (xq - 128) * 0.05 / 6, atol=1e-6)  # the same integers, read at a 6x smaller scale
+    negative = _qdq_mul_model(0.5)  # cq 0, cz 255: the constant is -0.5, which would flip the range: left alone
+    from onnx import numpy_helper
+
+    inits = negative.graph.initializer
+    for name, v in [("cq", 0), ("cz", 255)]:
+        k = next(j for j, t in enumerate(inits) if t.name == name)
+        inits[k].CopyFrom(numpy_helper.from_array(np.array(v, np.uint8), name))
+    assert fold_constant_muls(negative) == 0 and len(negative.graph.node) == 6
+
+
+def test_tiny_onnx_int8_runs_uint8_activations(tmp_path: Path) -> None:
+    """Activations are quantized to uint8 (ONNX Runtime's x86 QLinearConv / QLinearAdd / QLinearMul take uint8 x
+    int8; with int8 activations its QDQ fusions decline and convs run in float between Q/DQ pairs), every Conv sits
+    in a DequantizeLinear -> Conv -> QuantizeLinear unit, and the manifest lists the float32 op types with a reason."""
+    import onnx
+    from onnx import numpy_helper
+
+    torch.manual_seed(0)
+    bundle = stexport.export(TinyStream().eval(), target="onnx", precision="int8", out=tmp_path, steps=8,
+                             calibration_frames=24, progress=lambda s: None)
+    m = _manifest(bundle)
+    graph = onnx.load(str(bundle / m["artifact"]["file"])).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    producer = {o: n for n in graph.node for o in n.output}
+    readers: dict[str, list] = {}
+    for n in graph.node:
+        for t in n.input:
+            readers.setdefault(t, []).append(n)
+    quants = [n for n in graph.node if n.op_type == "QuantizeLinear"]
+    assert quants and all(inits[n.input[2]].dtype == np.uint8 for n in quants)
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert convs
+    for n in convs:
+        assert all(producer[t].op_type == "DequantizeLinear" for t in n.input), n.name
+        assert [r.op_type for r in readers[n.output[0]]] == ["QuantizeLinear"], n.name
+    floats = m["precision_details"]["float_ops"]
+    assert "Conv" not in floats and floats and all(v["count"] > 0 and v["reason"] for v in floats.values())
+
+
+# ---- ExecuTorch int8: hard-swish's relu6 and the spatial mean stay in XNNPACK's int8 graph -------------------------
+
+def test_executorch_int8_quantizes_hardtanh_and_mean() -> None:
+    """The XNNPACK quantizer leaves ``hardtanh`` (the integer step form's relu6) and ``mean.dim`` float32; the
+    extra annotation puts them between quantize / dequantize ops, and the whole graph lowers to one delegate call."""
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from executorch.exir import to_edge_transform_and_lower
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+    from torchao.quantization.pt2e.quantizer import ComposableQuantizer
+
+    from stexport.targets._executorch_quant import _int8_extras
+
+    class HardSwishMean(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            y = torch.nn.functional.hardtanh(y + 3, 0, 6) * y * (1 / 6)
+            return y.mean((2, 3), keepdim=True)
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 16, 16)
+    gm = torch.export.export(HardSwishMean().eval(), (x,), strict=False).module()
+    config = get_symmetric_quantization_config(is_per_channel=True)
+    prepared = prepare_pt2e(gm, ComposableQuantizer([XNNPACKQuantizer().set_global(config),
+                                                     _int8_extras(config, lambda n: True)]))
+    for _ in range(4):
+        prepared(torch.randn(1, 3, 16, 16))
+    converted = convert_pt2e(prepared)
+    targets = {torch.ops.aten.hardtanh.default, torch.ops.aten.mean.dim}
+    found = [n for n in converted.graph.nodes if n.op == "call_function" and n.target in targets]
+    assert len(found) == 2
+    for n in found:
+        assert "dequantize" in str(n.args[0].target), n
+        assert all("quantize" in str(u.target) and "dequantize" not in str(u.target) for u in n.users), n
+    program = torch.export.export(converted, (x,), strict=False)
+    lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).exported_program()
+    calls = [n for n in lowered.graph.nodes if n.op == "call_function"]
+    assert sum("executorch_call_delegate" in str(n.target) for n in calls) == 1
+    assert all("executorch_call_delegate" in str(n.target) or "getitem" in str(n.target) for n in calls), calls

@@ -50,6 +50,19 @@ def convert(graph: GraphModule, spec: IOSpec, path: Path, *, precision: str, met
                              "delegate_calls": delegated,
                              "channels_last_states": sorted(cl_in)}
     if details is not None:
+        left: dict[str, int] = {}
+        for n in lowered.exported_program().graph.nodes:
+            op = str(n.target)
+            if (n.op == "call_function" and "executorch_call_delegate" not in op and "getitem" not in op
+                    and "alloc" not in op):  # memory planning's allocations are not ops
+                left[op] = left.get(op, 0) + 1
+        details["delegate_calls"] = delegated
+        details["float_ops"] = {op: {"count": c, "reason": (
+            "outside the XNNPACK delegate: an int8 <-> float32 conversion at the float32 state-update path or "
+            "boundary" if "quantize" in op else
+            "outside the XNNPACK delegate, an ExecuTorch portable kernel in float32 (the state-update path's "
+            "running means / frame count and buffer shifts, a pad's input, or an op XNNPACK does not take)")}
+            for op, c in sorted(left.items())}
         facts["precision"] = details
     return facts
 

@@ -58,6 +58,77 @@ def _pad_feeders(gm: torch.fx.GraphModule) -> set[str]:
     return out
 
 
+def _int8_extras(config: Any, allowed: Any) -> Any:
+    """A quantizer run after the XNNPACK one, for ops it leaves float32 although XNNPACK runs them in int8:
+    ``hardtanh`` / ``clamp`` (hard-swish's relu6 in the integer step form; output shares the input's
+    quantization) and ``mean.dim`` over H, W with keepdim (XNNPACK's quantized global average pooling). Without
+    them each hard-swish and spatial mean leaves the int8 graph through a dequantize / quantize pair."""
+    from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, Quantizer, SharedQuantizationSpec
+    from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
+    from torchao.quantization.pt2e.quantizer.utils import get_input_act_qspec, get_output_act_qspec
+
+    clamps = {torch.ops.aten.hardtanh.default, torch.ops.aten.clamp.default}
+    means = {torch.ops.aten.mean.dim}
+
+    class Extras(Quantizer):
+        def annotate(self, gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
+            for n in gm.graph.nodes:
+                if n.op != "call_function" or n.target not in clamps | means or not allowed(n):
+                    continue
+                if Q_ANNOTATION_KEY in n.meta and n.meta[Q_ANNOTATION_KEY]._annotated:
+                    continue
+                x = n.args[0]
+                if not isinstance(x, torch.fx.Node) or x.meta["val"].dtype != torch.float32:
+                    continue
+                if n.target in means:
+                    dims = sorted(d % x.meta["val"].dim() for d in n.args[1])
+                    if x.meta["val"].dim() != 4 or dims != [2, 3] or not (len(n.args) > 2 and n.args[2]):
+                        continue
+                    out: Any = get_output_act_qspec(config)
+                else:
+                    out = SharedQuantizationSpec((x, n))
+                n.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(
+                    input_qspec_map={x: get_input_act_qspec(config)}, output_qspec=out, _annotated=True)
+            return gm
+
+        def validate(self, model: torch.fx.GraphModule) -> None:
+            pass
+
+    return Extras()
+
+
+NEW_TENSORS = ("new_full", "new_zeros", "new_ones")
+
+
+def _freeze_new_tensors(gm: torch.fx.GraphModule) -> int:
+    """``x.new_full(shape, v)`` / ``new_zeros`` / ``new_ones`` of a static shape (the integer step form's residual
+    average pool as a depthwise conv: weight ``1/9``, bias 0) become constant buffers. Left as ops, the quantizer
+    quantizes the weight per channel at run time: XNNPACK takes no such conv and ``to_executorch`` fails (no out
+    variant of ``quantize_per_channel``). Returns the number frozen."""
+    k = 0
+    for n in list(gm.graph.nodes):
+        name = str(n.target)
+        val = n.meta.get("val")
+        if n.op != "call_function" or not any(t in name for t in NEW_TENSORS) or not isinstance(val, torch.Tensor):
+            continue
+        shape = [int(d) for d in val.shape]
+        if "new_full" in name:
+            value = torch.full(shape, float(n.args[2]), dtype=val.dtype)
+        else:
+            value = (torch.zeros if "new_zeros" in name else torch.ones)(shape, dtype=val.dtype)
+        attr = f"_stexport_const_{n.name}"
+        gm.register_buffer(attr, value)
+        with gm.graph.inserting_before(n):
+            const = gm.graph.get_attr(attr)
+        const.meta["val"] = val
+        n.replace_all_uses_with(const)
+        gm.graph.erase_node(n)
+        k += 1
+    gm.graph.lint()
+    gm.recompile()
+    return k
+
+
 def quantize(graph: torch.nn.Module, spec: IOSpec, args: tuple[torch.Tensor, ...], precision: str,
              calibration: Calibration | None) -> tuple[torch.export.ExportedProgram, dict[str, Any]]:
     """The exported program of ``graph`` quantized in ``precision``, and the manifest's precision details."""
@@ -70,13 +141,22 @@ def quantize(graph: torch.nn.Module, spec: IOSpec, args: tuple[torch.Tensor, ...
     if precision != "int8":
         raise ValueError(f"executorch has no precision {precision!r}")
     gm = torch.export.export(graph, args, strict=False).module()
+    frozen = _freeze_new_tensors(gm)
     keep = _state_nodes(gm, spec) if spec.states else set()
     pads = _pad_feeders(gm)
-    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
-    quantizer.set_filter_function(lambda n: n.name not in keep and n.name not in pads)
-    prepared = prepare_pt2e(gm, quantizer)
+    from torchao.quantization.pt2e.quantizer import ComposableQuantizer
+
+    config = get_symmetric_quantization_config(is_per_channel=True)
+    xnn = XNNPACKQuantizer().set_global(config)
+
+    def allowed(n: torch.fx.Node) -> bool:
+        return n.name not in keep and n.name not in pads
+
+    xnn.set_filter_function(allowed)
+    prepared = prepare_pt2e(gm, ComposableQuantizer([xnn, _int8_extras(config, allowed)]))
     details: dict[str, Any] = {"tool": f"XNNPACKQuantizer (PT2E, torchao {package_version('torchao')})",
                                "state_path_float32_ops": len(keep), "pad_input_float32_ops": len(pads),
+                               "constants_frozen": frozen,
                                "weights": "int8 symmetric, per output channel",
                                "activations": "int8 asymmetric per tensor, histogram observers over the calibration",
                                "compute": "int8 (XNNPACK), float32 where the quantizer has no int8 pattern"}
