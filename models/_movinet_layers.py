@@ -109,7 +109,9 @@ class StepLayout:
         and ExecuTorch's XNNPACK partitioner both take in full (ONNX gets a plain ReduceMean). Integer: MEAN, which
         XNNPACK runs in int8 (its average pool is float only)."""
         dims = (1, 2) if self.channels_last else (2, 3)
-        if self.integer or torch.onnx.is_in_onnx_export():
+        if self.integer:  # keepdim: the form ExecuTorch's XNNPACK partitioner takes (else a portable kernel)
+            return x.mean(dims, keepdim=True).flatten(1)
+        if torch.onnx.is_in_onnx_export():
             return x.mean(dims)
         return self.avg_pool(x, self.hw(x)).flatten(1)
 

@@ -74,7 +74,7 @@ def test_movinet_int8_tflite_is_one_integer_partition(tmp_path: Path) -> None:
     """The trained A0 stream model in full int8: one XNNPACK partition, no op that XNNPACK runs only in float
     (HARD_SWISH, AVERAGE_POOL_2D), every convolution and fully connected layer (the classifier too) int8, the
     causal-conv buffers quantized inside the graph (float32 only at the boundary), the parity gate passed."""
-    from stexport.targets._tflite import interpreter_class
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
     bundle = stexport.export("movinet_a0_stream_motion7", target="tflite", precision="int8", out=tmp_path,
                              steps=8, progress=lambda s: None)
@@ -84,7 +84,8 @@ def test_movinet_int8_tflite_is_one_integer_partition(tmp_path: Path) -> None:
     ops = tflite_ops(artifact)
     assert not {"HARD_SWISH", "AVERAGE_POOL_2D"} & set(ops), ops
     assert tflite_partitions(artifact)["delegate_partitions"] == 1
-    it = interpreter_class()(model_path=str(artifact), experimental_preserve_all_tensors=True)
+    it = Interpreter(model_path=str(artifact),  # the graph's own ops: without XNNPACK, which would fold them in
+                     experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     it.allocate_tensors()
     tensors = {t["index"]: t for t in it.get_tensor_details()}
     weighted = [o for o in it._get_ops_details()

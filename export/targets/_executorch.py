@@ -4,6 +4,7 @@ positionally in manifest order and returns the outputs in manifest order. int8: 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,9 @@ def convert(graph: GraphModule, spec: IOSpec, path: Path, *, precision: str, met
     from executorch.exir import to_edge_transform_and_lower
 
     example = spec.example_inputs()
-    cl_in = channels_last_inputs(spec)
+    # int8: XNNPACK fails on quantized channels-last inputs (invalid parameter while propagating input shapes,
+    # executorch 1.5.1), so the quantized programs take contiguous states
+    cl_in = channels_last_inputs(spec) if precision == "fp32" else set()
     args = tuple(example[n].contiguous(memory_format=torch.channels_last) if n in cl_in else example[n]
                  for n in spec.input_names)
     outs_cl = {s.output for s in spec.states if s.name in cl_in}
@@ -71,8 +74,10 @@ def channels_last_inputs(spec: IOSpec) -> set[str]:
     """The 4D state inputs, which the program takes (and returns) in channels-last memory (dim order 0, 2, 3, 1;
     the shape stays the manifest's): XNNPACK computes in NHWC, and NCHW-contiguous states would be transposed in
     and out of every step (about a fifth of MoViNet-A2's step). An app passes such a state as a channels-last
-    tensor; the outputs come back that way, so feeding each ``_out`` back as it is keeps the format."""
-    return {s.name for s in spec.states if len(s.shape) == 4}
+    tensor; the outputs come back that way, so feeding each ``_out`` back as it is keeps the format. A state with
+    one channel or a 1x1 plane (a running mean ``[N, C, 1, 1]``) has the same bytes in both formats and stays
+    contiguous: its channels-last strides are ambiguous and XNNPACK would resize such an output wrongly."""
+    return {s.name for s in spec.states if len(s.shape) == 4 and s.shape[1] > 1 and s.shape[2] * s.shape[3] > 1}
 
 
 class _ChannelsLastOutputs(torch.nn.Module):
@@ -111,7 +116,9 @@ class Runner:
 
         self.method = Runtime.get().load_program(str(path)).load_method("forward")
         self.spec = spec
-        self.channels_last = channels_last_inputs(spec)
+        manifest = path.parent / "manifest.json"  # the bundle's record of the program's memory formats
+        self.channels_last = (set(json.loads(manifest.read_text())["converter"].get("channels_last_states", []))
+                              if manifest.exists() else channels_last_inputs(spec))  # (the runtime converts)
         self.version = package_version("executorch")
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

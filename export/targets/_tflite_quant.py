@@ -149,7 +149,8 @@ def quantize(path: Path, spec: IOSpec, precision: str, calibration: Calibration 
         if calibration is None:
             raise ValueError("int8 needs calibration samples")
         result = _calibrate(path.read_bytes(), q.get_quantization_recipe(), calibration)
-        narrowed = _percentile_ranges(path.read_bytes(), calibration.samples, result)
+        frames = {f"{SIGNATURE}_{n}" for n in spec.input_names} - {f"{SIGNATURE}_{s.name}" for s in spec.states}
+        narrowed = _percentile_ranges(path.read_bytes(), calibration.samples, result, keep=frames)
         details["calibration_ranges"] = (f"the {100 - RANGE_PERCENTILE:g}-{RANGE_PERCENTILE:g} percentiles of every "
                                          f"activation over the calibration ({narrowed} ranges narrowed from the "
                                          "global min/max)")
@@ -171,11 +172,13 @@ RANGE_PERCENTILE = 99.99
 _VALUES_PER_SAMPLE = 4096
 
 
-def _percentile_ranges(float_model: bytes, samples: list[dict[str, Any]], qsvs: dict[str, Any]) -> int:
+def _percentile_ranges(float_model: bytes, samples: list[dict[str, Any]], qsvs: dict[str, Any], *,
+                       keep: set[str]) -> int:
     """Narrow each activation's calibrated [min, max] (in place) to the `RANGE_PERCENTILE` percentiles of its values
     over the samples (a random subset of each sample's values), keeping 0 inside: a few outliers stretch a
     per-tensor int8 scale over the whole range and leave the bulk of the values a handful of levels (MoViNet's
-    depthwise activations). Returns how many ranges changed."""
+    depthwise activations). The tensors named in ``keep`` (the frame: its range is the preprocessing's, and
+    clipping it would saturate bright pixels) keep their full range. Returns how many ranges changed."""
     import numpy as np
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
@@ -183,7 +186,7 @@ def _percentile_ranges(float_model: bytes, samples: list[dict[str, Any]], qsvs: 
                      experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     it.allocate_tensors()
     index = {t["name"]: t["index"] for t in it.get_tensor_details()}
-    names = [n for n, q in qsvs.items() if n in index and isinstance(q, dict) and "min" in q]
+    names = [n for n, q in qsvs.items() if n in index and n not in keep and isinstance(q, dict) and "min" in q]
     values: dict[str, list[Any]] = {n: [] for n in names}
     rng = np.random.default_rng(0)
     run = it.get_signature_runner(SIGNATURE)
