@@ -5,8 +5,10 @@
 * **Per block**: the step is cut into its parts (the stem, each block ``b{i}_l{j}`` with its own buffer and SE
   state, the head: ``conv7``, the pooled mean and the classifier), each converted with litert-torch on its own and
   run by LiteRT's Interpreter (XNNPACK, 1 thread) in interleaved rounds with the whole step, so the parts and the
-  whole come from the same minutes of the same machine. The whole minus the sum of the parts is what joining
-  them costs (tensor hand-offs inside one graph are free, so this is small).
+  whole come from the same minutes of the same machine. A part run alone keeps its weights and activations in
+  the core's caches between calls; in the whole step the other parts evict them (A0's fp32 step file is
+  14.8 MB, most of it weights), so the whole is slower than the sum of its parts: the difference is what the
+  caches cost.
 * **State copies**: the whole step through the signature runner (every state copied in and out, as an app
   without tensor buffers does) minus ``invoke()`` alone.
 * **Per op type**: where ``perf`` exists, the whole step is sampled with ``perf record`` and XNNPACK's kernels are
@@ -21,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -151,23 +154,30 @@ def per_op_type(path: Path, *, seconds: float = 4.0) -> dict[str, float] | None:
     perf = shutil.which("perf")
     if perf is None:
         return None
-    with tempfile.TemporaryDirectory() as tmp:
-        data = Path(tmp) / "perf.data"
-        loop = ("import sys, time\nfrom stexport.benchmarks.budget import _invoker\n"
-                "inv, _ = _invoker(sys.argv[1])\nt = time.perf_counter()\n"
-                "while time.perf_counter() - t < float(sys.argv[2]):\n    inv()\n")
-        rec = subprocess.run([perf, "record", "-e", "cpu-clock", "-F", "4000", "-o", str(data), "--", sys.executable,
-                              "-c", loop, str(path), str(seconds)], capture_output=True, text=True)
-        if rec.returncode != 0:
+    loop = ("import sys\nfrom stexport.benchmarks.budget import _invoker\ninv, _ = _invoker(sys.argv[1])\n"
+            "print('ready', flush=True)\nwhile True:\n    inv()\n")
+    worker = subprocess.Popen([sys.executable, "-c", loop, str(path)], stdout=subprocess.PIPE, text=True)
+    try:  # perf attaches once the worker has loaded the model: only the invoke() loop is sampled
+        assert worker.stdout is not None
+        if worker.stdout.readline().strip() != "ready":
             return None
-        rep = subprocess.run([perf, "report", "-i", str(data), "--no-children", "--sort", "symbol", "--stdio"],
-                             capture_output=True, text=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            data = Path(tmp) / "perf.data"
+            rec = subprocess.run([perf, "record", "-e", "cpu-clock", "-F", "4000", "-o", str(data), "-p",
+                                  str(worker.pid), "--", "sleep", str(seconds)], capture_output=True, text=True)
+            if rec.returncode != 0:
+                return None
+            rep = subprocess.run([perf, "report", "-i", str(data), "--no-children", "--sort", "symbol", "--stdio"],
+                                 capture_output=True, text=True)
+    finally:
+        worker.kill()
+        worker.wait()
     shares: dict[str, float] = {}
-    for line in rep.stdout.splitlines():
-        parts = line.split()
-        if not parts or not parts[0].endswith("%") or line.lstrip().startswith("#"):
+    for line in rep.stdout.splitlines():  # "  24.89%  [.] xnn_f32_gemm_minmax_ukernel_7x32__avx512f  -  -"
+        m = re.match(r"\s*([\d.]+)%\s+\[[.k]\]\s+(\S+)", line)
+        if m is None:
             continue
-        share, sym = float(parts[0][:-1]) / 100, parts[-1]
+        share, sym = float(m.group(1)) / 100, m.group(2)
         group = next((g for key, g in KERNEL_GROUPS if key in sym), "other (Python, numpy, kernel)")
         shares[group] = shares.get(group, 0.0) + share
     return dict(sorted(shares.items(), key=lambda kv: -kv[1]))
