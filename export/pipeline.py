@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 import time
@@ -53,8 +54,17 @@ def _labels(entry: ModelEntry | None, num_classes: int) -> tuple[list[str], str]
     return [f"class_{i}" for i in range(num_classes)], "generated (class_<index>)"
 
 
-def _default_preprocess(model: VideoModel) -> Preprocess:
-    return Preprocess(size=model.frame_size())
+def _preprocess_for(model: VideoModel, entry: ModelEntry | None) -> Preprocess:
+    """The entry's preprocessing at the model's frame size (a model option such as ``input_size`` changes it: the
+    crop follows, and the shorter-side resize keeps its ratio to the crop); plain [0, 1] RGB for a bare module."""
+    size = model.frame_size()
+    if entry is None:
+        return Preprocess(size=size)
+    pre = entry.preprocess
+    if tuple(pre.size) == tuple(size):
+        return pre
+    shorter = round(pre.resize_shorter * size[0] / pre.size[0]) if pre.resize_shorter else None
+    return dataclasses.replace(pre, size=size, resize_shorter=shorter)
 
 
 def export(model: str | torch.nn.Module, *, target: str, out: str | Path = "out", precision: str = "fp32",
@@ -108,7 +118,7 @@ def export(model: str | torch.nn.Module, *, target: str, out: str | Path = "out"
     check_io(io, target=target, precision=precision, form=form)
     spec = build_spec(vm, form=form)
     graph = GraphModule(vm, spec).eval()
-    pre = entry.preprocess if entry else _default_preprocess(vm)
+    pre = _preprocess_for(vm, entry)
     # what is converted: the graph itself, or (integer boundary) the graph taking raw pixels
     conv_spec = raw_frame_spec(spec) if io == "int8" else spec
     conv_graph = GraphModule(vm, conv_spec, frame_in=FoldedPreprocess(pre)).eval() if io == "int8" else graph

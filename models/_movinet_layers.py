@@ -109,9 +109,11 @@ class StepLayout:
         and ExecuTorch's XNNPACK partitioner both take in full (ONNX gets a plain ReduceMean). Integer: MEAN, which
         XNNPACK runs in int8 (its average pool is float only)."""
         dims = (1, 2) if self.channels_last else (2, 3)
-        if self.integer:  # keepdim: the form ExecuTorch's XNNPACK partitioner takes (else a portable kernel)
+        if self.integer and not self.channels_last and not torch.onnx.is_in_onnx_export():
+            # NCHW (ExecuTorch): keepdim, the form its XNNPACK partitioner takes (else a portable float kernel);
+            # in LiteRT a keepdim MEAN leaves the int8 delegate, so NHWC keeps the plain one
             return x.mean(dims, keepdim=True).flatten(1)
-        if torch.onnx.is_in_onnx_export():
+        if self.integer or torch.onnx.is_in_onnx_export():
             return x.mean(dims)
         return self.avg_pool(x, self.hw(x)).flatten(1)
 

@@ -82,6 +82,8 @@ def test_model_options_reach_the_model_and_the_manifest(tmp_path: Path) -> None:
     assert manifest["model"]["options"] == {"input_size": 64, "pool_window": 30}
     assert manifest["model"]["pool_window"] == 30 and manifest["model"]["input_size"] == [64, 64]
     assert manifest["inputs"][0]["shape"] == [1, 3, 64, 64] and manifest["parity"]["passed"]
+    # the app's crop follows the option (the registry's 172 px would feed a 64 px model the wrong frames)
+    assert manifest["preprocessing"]["size"] == [64, 64], manifest["preprocessing"]
 
 
 def test_unknown_model_option_exit_2_lists_the_options(tmp_path: Path) -> None:

@@ -96,3 +96,15 @@ def test_movinet_int8_tflite_is_one_integer_partition(tmp_path: Path) -> None:
     inputs = {k: d["index"] for k, d in it.get_signature_runner("serving_default").get_input_details().items()}
     readers = [o["op_name"] for o in it._get_ops_details() for name in buffers if inputs[name] in o["inputs"]]
     assert readers and set(readers) == {"QUANTIZE"}, readers
+
+
+def test_untrained_movinet_int8_tflite_is_one_partition(tmp_path: Path) -> None:
+    """An untrained A0 stream (ReZero branches of near-zero values: a residual ADD's input range is ~1e-9 of its
+    output's) still runs in one XNNPACK partition: the near-constant ranges are widened after the percentile
+    narrowing (narrowing them again gave XNNPACK scale ratios it refuses: 16 partitions). Also: a model option that
+    changes the input size calibrates at that size."""
+    bundle = stexport.export("movinet_a0_stream", target="tflite", precision="int8", out=tmp_path, steps=4,
+                             options={"input_size": 64}, calibration_frames=32, verify=False, progress=lambda s: None)
+    m = json.loads((bundle / "manifest.json").read_text())
+    assert m["preprocessing"]["size"] == [64, 64]
+    assert tflite_partitions(bundle / m["artifact"]["file"])["delegate_partitions"] == 1

@@ -104,7 +104,7 @@ def _calibrate(float_model: bytes, recipe: Any, calibration: Calibration) -> dic
     manager.load_quantization_recipe(recipe)
     calib = calibrator.Calibrator(float_model, num_threads=1, qsv_update_func=_global_min_max)
     calib.calibrate({SIGNATURE: calibration.samples}, manager)
-    return _widen_constant_ranges(dict(calib.get_model_qsvs()))
+    return dict(calib.get_model_qsvs())
 
 
 def quantize(path: Path, spec: IOSpec, precision: str, calibration: Calibration | None, *,
@@ -151,6 +151,7 @@ def quantize(path: Path, spec: IOSpec, precision: str, calibration: Calibration 
         result = _calibrate(path.read_bytes(), q.get_quantization_recipe(), calibration)
         frames = {f"{SIGNATURE}_{n}" for n in spec.input_names} - {f"{SIGNATURE}_{s.name}" for s in spec.states}
         narrowed = _percentile_ranges(path.read_bytes(), calibration.samples, result, keep=frames)
+        result = _widen_constant_ranges(result)  # after the narrowing, which would undo it
         details["calibration_ranges"] = (f"the {100 - RANGE_PERCENTILE:g}-{RANGE_PERCENTILE:g} percentiles of every "
                                          f"activation over the calibration ({narrowed} ranges narrowed from the "
                                          "global min/max)")
