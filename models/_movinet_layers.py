@@ -111,7 +111,7 @@ class StepLayout:
         dims = (1, 2) if self.channels_last else (2, 3)
         if self.integer and not self.channels_last and not torch.onnx.is_in_onnx_export():
             # NCHW (ExecuTorch): keepdim, the form its XNNPACK partitioner takes (else a portable float kernel);
-            # in LiteRT a keepdim MEAN leaves the int8 delegate, so NHWC keeps the plain one
+            # NHWC (LiteRT) keeps the plain MEAN, which its int8 delegate runs
             return x.mean(dims, keepdim=True).flatten(1)
         if self.integer or torch.onnx.is_in_onnx_export():
             return x.mean(dims)
