@@ -172,8 +172,13 @@ def per_op_type(path: Path, *, seconds: float = 4.0) -> dict[str, float] | None:
     finally:
         worker.kill()
         worker.wait()
+    return kernel_group_shares(rep.stdout)
+
+
+def kernel_group_shares(report: str) -> dict[str, float]:
+    """``perf report --sort symbol --stdio`` text -> share of samples per `KERNEL_GROUPS` group, largest first."""
     shares: dict[str, float] = {}
-    for line in rep.stdout.splitlines():  # "  24.89%  [.] xnn_f32_gemm_minmax_ukernel_7x32__avx512f  -  -"
+    for line in report.splitlines():  # "  24.89%  [.] xnn_f32_gemm_minmax_ukernel_7x32__avx512f  -  -"
         m = re.match(r"\s*([\d.]+)%\s+\[[.k]\]\s+(\S+)", line)
         if m is None:
             continue
