@@ -33,7 +33,7 @@ from stexport.benchmarks.progress import Progress
 from stexport.benchmarks.recompute import DEFAULT_WINDOWS, recompute_at, stream_vs_recompute
 from stexport.benchmarks.timing import Contender, curve_window, interleaved, position_curve, speedup_vs, summarize
 from stexport.frames import preprocess, synthetic_frames
-from stexport.models import ModelEntry, Preprocess, VideoModel, create_model, get_entry, pack_clip
+from stexport.models import ModelEntry, VideoModel, create_model, get_entry, pack_clip, preprocess_for
 from stexport.parity import torch_runner
 from stexport.spec import GraphModule, IOSpec, build_spec
 from stexport.streaming import CopyStepper, stepper
@@ -120,7 +120,7 @@ def _model_info(module: VideoModel, entry: ModelEntry | None, name: str, spec: I
 def _inputs(module: VideoModel, entry: ModelEntry | None, spec: IOSpec, n_steps: int) -> tuple[Any, torch.Tensor]:
     """``feeds_at(i)`` for the timing loop and the decoded video ``[V, 3, H, W]`` (looped: frame i = i % V)."""
     h, w = module.frame_size()
-    pre = entry.preprocess if entry else Preprocess(size=(h, w))
+    pre = preprocess_for(entry, (h, w))
     t = int(module.num_frames)
     count = min(max(n_steps, 2), 64) if spec.form == "stream" else 4 * t
     video = preprocess(synthetic_frames(count, h, w), pre)

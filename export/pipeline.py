@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import time
@@ -22,7 +21,7 @@ from stexport.errors import ParityError, StexportError
 from stexport.frames import preprocess, synthetic_frames
 from stexport.integrity import artifact_sha256
 from stexport.manifest import build_golden, build_manifest, model_facts
-from stexport.models import ModelEntry, Preprocess, VideoModel, create_model, get_entry, pack_clip
+from stexport.models import ModelEntry, Preprocess, VideoModel, create_model, get_entry, pack_clip, preprocess_for
 from stexport.parity import compare, feeds_for, run_loop, stream_vs_clip, torch_runner
 from stexport.quiet import captured_output
 from stexport.spec import Form, GraphModule, IOSpec, build_spec
@@ -52,19 +51,6 @@ def _labels(entry: ModelEntry | None, num_classes: int) -> tuple[list[str], str]
         if len(labels) == num_classes:
             return labels, entry.labels
     return [f"class_{i}" for i in range(num_classes)], "generated (class_<index>)"
-
-
-def _preprocess_for(model: VideoModel, entry: ModelEntry | None) -> Preprocess:
-    """The entry's preprocessing at the model's frame size (a model option such as ``input_size`` changes it: the
-    crop follows, and the shorter-side resize keeps its ratio to the crop); plain [0, 1] RGB for a bare module."""
-    size = model.frame_size()
-    if entry is None:
-        return Preprocess(size=size)
-    pre = entry.preprocess
-    if tuple(pre.size) == tuple(size):
-        return pre
-    shorter = round(pre.resize_shorter * size[0] / pre.size[0]) if pre.resize_shorter else None
-    return dataclasses.replace(pre, size=size, resize_shorter=shorter)
 
 
 def export(model: str | torch.nn.Module, *, target: str, out: str | Path = "out", precision: str = "fp32",
@@ -118,7 +104,7 @@ def export(model: str | torch.nn.Module, *, target: str, out: str | Path = "out"
     check_io(io, target=target, precision=precision, form=form)
     spec = build_spec(vm, form=form)
     graph = GraphModule(vm, spec).eval()
-    pre = _preprocess_for(vm, entry)
+    pre = preprocess_for(entry, vm.frame_size())
     # what is converted: the graph itself, or (integer boundary) the graph taking raw pixels
     conv_spec = raw_frame_spec(spec) if io == "int8" else spec
     conv_graph = GraphModule(vm, conv_spec, frame_in=FoldedPreprocess(pre)).eval() if io == "int8" else graph

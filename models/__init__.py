@@ -16,7 +16,7 @@ import torch
 
 from ._base import ClipModel, State, StreamModel, VideoModel, pack_clip, unpack_clip
 from ._checkpoint import CheckpointMismatchError, load_checkpoint, load_state_dict_strict
-from ._registry import ModelEntry, Preprocess, UnknownNameError, entries, get_entry, register
+from ._registry import ModelEntry, Preprocess, UnknownNameError, entries, get_entry, preprocess_for, register
 
 for _info in pkgutil.iter_modules(__path__):
     if not _info.name.startswith("_"):
@@ -57,5 +57,5 @@ def create_model(name: str, *, checkpoint: str | Path | None = None, num_classes
 __all__ = [
     "CheckpointMismatchError", "ClipModel", "ModelEntry", "Preprocess", "State", "StreamModel", "UnknownNameError",
     "VideoModel", "check_options", "create_model", "entries", "get_entry", "load_checkpoint", "load_state_dict_strict",
-    "pack_clip", "register", "unpack_clip",
+    "pack_clip", "preprocess_for", "register", "unpack_clip",
 ]

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -49,6 +49,19 @@ class Preprocess:
     resize_shorter: int | None = None
     fps: float | None = None
     frame_stride: int = 1
+
+
+def preprocess_for(entry: ModelEntry | None, size: tuple[int, int]) -> Preprocess:
+    """The preprocessing of a model whose frames are ``size`` (``model.frame_size()``): the entry's, with the crop at
+    that size when a model option such as ``input_size`` changed it (the shorter-side resize keeps its ratio to the
+    crop); plain [0, 1] RGB without an entry."""
+    if entry is None:
+        return Preprocess(size=size)
+    pre = entry.preprocess
+    if tuple(pre.size) == tuple(size):
+        return pre
+    shorter = round(pre.resize_shorter * size[0] / pre.size[0]) if pre.resize_shorter else None
+    return replace(pre, size=size, resize_shorter=shorter)
 
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)

@@ -4,7 +4,6 @@ positionally in manifest order and returns the outputs in manifest order. int8: 
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import torch
 
 from stexport.calibration import Calibration
 from stexport.errors import UnsupportedModelError
+from stexport.integrity import read_manifest
 from stexport.manifest import package_version
 from stexport.spec import GraphModule, IOSpec
 
@@ -116,9 +116,10 @@ class Runner:
 
         self.method = Runtime.get().load_program(str(path)).load_method("forward")
         self.spec = spec
-        manifest = path.parent / "manifest.json"  # the bundle's record of the program's memory formats
-        self.channels_last = (set(json.loads(manifest.read_text())["converter"].get("channels_last_states", []))
-                              if manifest.exists() else channels_last_inputs(spec))  # (the runtime converts)
+        # the bundle's record of the program's memory formats; before the manifest is written (the parity gate),
+        # the fp32 rule: the runtime converts a channels-last tensor that an int8 program takes contiguous
+        self.channels_last = (set(read_manifest(path.parent)["converter"].get("channels_last_states", []))
+                              if (path.parent / "manifest.json").exists() else channels_last_inputs(spec))
         self.version = package_version("executorch")
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -149,7 +149,9 @@ def quantize(path: Path, spec: IOSpec, precision: str, calibration: Calibration 
         if calibration is None:
             raise ValueError("int8 needs calibration samples")
         result = _calibrate(path.read_bytes(), q.get_quantization_recipe(), calibration)
-        frames = {f"{SIGNATURE}_{n}" for n in spec.input_names} - {f"{SIGNATURE}_{s.name}" for s in spec.states}
+        from stexport.targets._tflite_io import _signature_tensor_names
+
+        frames = {t for n, t in _signature_tensor_names(spec).items() if n not in spec.state_names}
         narrowed = _percentile_ranges(path.read_bytes(), calibration.samples, result, keep=frames)
         result = _widen_constant_ranges(result)  # after the narrowing, which would undo it
         details["calibration_ranges"] = (f"the {100 - RANGE_PERCENTILE:g}-{RANGE_PERCENTILE:g} percentiles of every "
