@@ -125,9 +125,16 @@ def test_export_reproduces_authors_outputs(tmp_path: Path, name: str, target: st
     if model.streaming:  # the step's layout is the target's; the states say so
         check_state_layouts(model, spec, target)
     want = np.asarray(fix["outputs"][output], np.float64)
-    got = _run_fixture(model, _runner(target, bundle, spec), fix, output)
+    runner = _runner(target, bundle, spec)
+    got = _run_fixture(model, runner, fix, output)
     err = max_err(got, want)
     assert err <= tol, f"{name} {target}: {output} max abs err {err:.3g} > {tol}"
+    if model.streaming:  # the runtime's own state loop (what open_stream and the benchmarks run) gives the same
+        from stexport.streaming import stepper
+
+        fast, x = stepper(runner), clip_input(fix)
+        loop = np.stack([fast.step({"frame": np.ascontiguousarray(x[:, :, t])})[0] for t in range(x.shape[2])])
+        np.testing.assert_allclose(loop if output == "per_frame_logits" else loop[-1], got, rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("target", ["tflite", "onnx"])

@@ -115,8 +115,9 @@ def test_tiny_stream_and_clip_export(tmp_path: Path, target: str) -> None:
 
 @pytest.mark.parametrize("target", ["onnx", "tflite", "executorch"])
 def test_stepper_keeps_state_in_the_runtime(tmp_path: Path, target: str) -> None:
-    """`stexport.streaming.stepper`: the runtime's own state loop (LiteRT tensor buffers, ORT IOBinding; a copying
-    loop elsewhere) gives exactly the logits and state of the stateless ``run`` with the state passed by hand."""
+    """`stexport.streaming.stepper`: the runtime's own state loop (LiteRT tensor buffers, ORT IOBinding, ExecuTorch's
+    output tensors fed back as they are) gives exactly the logits and state of the stateless ``run`` with the state
+    passed by hand."""
     from stexport.spec import IOSpec
     from stexport.streaming import stepper
 
@@ -125,7 +126,8 @@ def test_stepper_keeps_state_in_the_runtime(tmp_path: Path, target: str) -> None
     spec = IOSpec.from_json(manifest)
     runner = TARGETS[target].load().Runner(bundle / manifest["artifact"]["file"], spec)
     fast = stepper(runner)
-    assert type(fast).__name__ == {"onnx": "BindingStepper", "tflite": "BufferStepper"}.get(target, "CopyStepper")
+    loops = {"onnx": "BindingStepper", "tflite": "BufferStepper", "executorch": "TensorStepper"}
+    assert type(fast).__name__ == loops[target]
     state = spec.zero_state()
     g = torch.Generator().manual_seed(4)
     for _ in range(7):

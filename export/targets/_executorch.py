@@ -106,14 +106,28 @@ def boundary_dtypes(path: Path, spec: IOSpec) -> dict[str, str]:
     return {n: _DTYPES.get(int(d), str(d)) for n, d in [*zip(spec.input_names, ins), *zip(spec.output_names, outs)]}
 
 
+def use_threads(threads: int) -> None:
+    """Size ExecuTorch's XNNPACK threadpool to ``threads``. The pool is one per process and starts with a thread per
+    core, so without this a "1 thread" ExecuTorch run used every core (and its idle threads competed with the
+    caller's). Loaded programs share the pool: the last `Runner` created sets it for all."""
+    from executorch.extension.pybindings import portable_lib
+
+    from stexport.quiet import captured_output
+
+    if portable_lib._threadpool_get_thread_count() != threads:
+        with captured_output():  # (it logs the reset on stderr)
+            portable_lib._unsafe_reset_threadpool(threads)
+
+
 class Runner:
-    """The ExecuTorch Python runtime, method ``forward``."""
+    """The ExecuTorch Python runtime, method ``forward``, on ``threads`` XNNPACK threads (`use_threads`)."""
 
     name = "executorch"
 
     def __init__(self, path: Path, spec: IOSpec, *, threads: int = 1) -> None:
         from executorch.runtime import Runtime
 
+        use_threads(threads)
         self.method = Runtime.get().load_program(str(path)).load_method("forward")
         self.spec = spec
         # the bundle's record of the program's memory formats; before the manifest is written (the parity gate),
@@ -128,3 +142,32 @@ class Runner:
                 for n, a in zip(self.spec.input_names, args)]
         outs = self.method.execute(args)
         return {n: o.detach().numpy().copy() for n, o in zip(self.spec.output_names, outs)}
+
+    def stepper(self) -> TensorStepper:
+        """A `stexport.streaming.Stepper` that carries the state as the runtime's own tensors (see `TensorStepper`)."""
+        return TensorStepper(self.method, self.spec, channels_last=self.channels_last)
+
+
+class TensorStepper:
+    """The loop an app runs with ExecuTorch: each step's state outputs (tensors, in the program's memory format:
+    channels-last where the manifest's ``converter.channels_last_states`` says so) are the next step's inputs as
+    they are, with no numpy round trip or layout copy; only the frame goes in from numpy and the logits come out."""
+
+    def __init__(self, method: Any, spec: IOSpec, *, channels_last: set[str]) -> None:
+        self.method, self.spec = method, spec
+        self._names = spec.input_names
+        self._state_out = [spec.output_names.index(s.output) for s in spec.states]
+        self._logits = spec.output_names.index("logits")
+        zero = {n: torch.from_numpy(v) for n, v in spec.zero_state().items()}
+        self._state = {n: v.contiguous(memory_format=torch.channels_last) if n in channels_last else v
+                       for n, v in zero.items()}
+
+    def step(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        args = [self._state[n] if n in self._state else torch.from_numpy(np.ascontiguousarray(feeds[n]))
+                for n in self._names]
+        outs = self.method.execute(args)
+        self._state = {s.name: outs[i] for s, i in zip(self.spec.states, self._state_out, strict=True)}
+        return outs[self._logits].detach().numpy().copy()
+
+    def state(self) -> dict[str, np.ndarray]:
+        return {n: np.array(v.detach().numpy(), order="C") for n, v in self._state.items()}
