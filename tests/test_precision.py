@@ -10,6 +10,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -314,9 +315,9 @@ def test_tiny_onnx_int8_runs_uint8_activations(tmp_path: Path) -> None:
 
 # ---- ExecuTorch int8: hard-swish's relu6 and the spatial mean stay in XNNPACK's int8 graph -------------------------
 
-def test_executorch_int8_quantizes_hardtanh_and_mean() -> None:
-    """The XNNPACK quantizer leaves ``hardtanh`` (the integer step form's relu6) and ``mean.dim`` float32; the
-    extra annotation puts them between quantize / dequantize ops, and the whole graph lowers to one delegate call."""
+def _int8_for_executorch(module: torch.nn.Module, x: torch.Tensor) -> tuple[torch.fx.GraphModule, Any]:
+    """``module`` quantized as the ExecuTorch int8 export does (XNNPACK quantizer + `_int8_extras`, a few random
+    calibration inputs): (the converted graph, the program lowered to XNNPACK)."""
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
@@ -327,6 +328,21 @@ def test_executorch_int8_quantizes_hardtanh_and_mean() -> None:
     from torchao.quantization.pt2e.quantizer import ComposableQuantizer
 
     from stexport.targets._executorch_quant import _int8_extras
+
+    gm = torch.export.export(module.eval(), (x,), strict=False).module()
+    config = get_symmetric_quantization_config(is_per_channel=True)
+    prepared = prepare_pt2e(gm, ComposableQuantizer([XNNPACKQuantizer().set_global(config),
+                                                     _int8_extras(config, lambda n: True)]))
+    for _ in range(4):
+        prepared(torch.randn(x.shape))
+    converted = convert_pt2e(prepared)
+    program = torch.export.export(converted, (x,), strict=False)
+    return converted, to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+
+
+def test_executorch_int8_quantizes_hardtanh_and_mean() -> None:
+    """The XNNPACK quantizer leaves ``hardtanh`` (the integer step form's relu6) and ``mean.dim`` float32; the
+    extra annotation puts them between quantize / dequantize ops, and the whole graph lowers to one delegate call."""
 
     class HardSwishMean(torch.nn.Module):
         def __init__(self) -> None:
@@ -339,22 +355,41 @@ def test_executorch_int8_quantizes_hardtanh_and_mean() -> None:
             return y.mean((2, 3), keepdim=True)
 
     torch.manual_seed(0)
-    x = torch.randn(1, 3, 16, 16)
-    gm = torch.export.export(HardSwishMean().eval(), (x,), strict=False).module()
-    config = get_symmetric_quantization_config(is_per_channel=True)
-    prepared = prepare_pt2e(gm, ComposableQuantizer([XNNPACKQuantizer().set_global(config),
-                                                     _int8_extras(config, lambda n: True)]))
-    for _ in range(4):
-        prepared(torch.randn(1, 3, 16, 16))
-    converted = convert_pt2e(prepared)
+    converted, lowered = _int8_for_executorch(HardSwishMean(), torch.randn(1, 3, 16, 16))
     targets = {torch.ops.aten.hardtanh.default, torch.ops.aten.mean.dim}
     found = [n for n in converted.graph.nodes if n.op == "call_function" and n.target in targets]
     assert len(found) == 2
     for n in found:
         assert "dequantize" in str(n.args[0].target), n
         assert all("quantize" in str(u.target) and "dequantize" not in str(u.target) for u in n.users), n
-    program = torch.export.export(converted, (x,), strict=False)
-    lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()]).exported_program()
-    calls = [n for n in lowered.graph.nodes if n.op == "call_function"]
+    calls = [n for n in lowered.exported_program().graph.nodes if n.op == "call_function"]
     assert sum("executorch_call_delegate" in str(n.target) for n in calls) == 1
     assert all("executorch_call_delegate" in str(n.target) or "getitem" in str(n.target) for n in calls), calls
+
+
+def test_executorch_int8_channel_slice_shares_its_input_quantization() -> None:
+    """Online TSM's shift slices channels of an int8 activation. Left to the consumer's observer, the slice's
+    output quantization differs from its input's whenever the sliced channels' range does (here channels 0-1 are
+    20x larger), and XNNPACK refuses such a slice: the program did not load ("failed to create static slice
+    node"; `tsm_mobilenetv2_online --target executorch --precision int8` failed that way)."""
+    from executorch.runtime import Runtime
+
+    class Shift(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = torch.nn.Conv2d(3, 8, 1), torch.nn.Conv2d(6, 4, 1)
+            with torch.no_grad():
+                self.a.weight[:2] *= 20
+
+        def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            y = self.a(x)
+            return self.b(y.narrow(1, 2, 6)), y.narrow(1, 0, 2).clone()
+
+    torch.manual_seed(0)
+    converted, lowered = _int8_for_executorch(Shift(), torch.randn(1, 3, 8, 8))
+    slices = [n for n in converted.graph.nodes if n.op == "call_function" and n.target == torch.ops.aten.narrow.default]
+    assert len(slices) == 2
+    for n in slices:
+        q_in = n.args[0].args[1:3]
+        assert all(u.args[1:3] == q_in for u in n.users if "quantize" in str(u.target)), n
+    Runtime.get().load_program(lowered.to_executorch().buffer).load_method("forward")  # raises if XNNPACK refuses

@@ -60,14 +60,18 @@ def _pad_feeders(gm: torch.fx.GraphModule) -> set[str]:
 
 def _int8_extras(config: Any, allowed: Any) -> Any:
     """A quantizer run after the XNNPACK one, for ops it leaves float32 although XNNPACK runs them in int8:
-    ``hardtanh`` / ``clamp`` (hard-swish's relu6 in the integer step form; output shares the input's
-    quantization) and ``mean.dim`` over H, W with keepdim (XNNPACK's quantized global average pooling). Without
-    them each hard-swish and spatial mean leaves the int8 graph through a dequantize / quantize pair."""
+    ``hardtanh`` / ``clamp`` (hard-swish's relu6 in the integer step form), ``narrow`` / ``slice`` (online TSM's
+    channel shift), each with its output sharing the input's quantization, and ``mean.dim`` over H, W with
+    keepdim (XNNPACK's quantized global average pooling). Without them each hard-swish and spatial mean leaves
+    the int8 graph through a dequantize / quantize pair; and a slice left float gets the quantization its
+    consumer observed, which differs from its input's: XNNPACK then refuses to build the int8 slice ("failed to
+    create static slice node") and the program does not load."""
     from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, Quantizer, SharedQuantizationSpec
     from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
     from torchao.quantization.pt2e.quantizer.utils import get_input_act_qspec, get_output_act_qspec
 
-    clamps = {torch.ops.aten.hardtanh.default, torch.ops.aten.clamp.default}
+    clamps = {torch.ops.aten.hardtanh.default, torch.ops.aten.clamp.default, torch.ops.aten.narrow.default,
+              torch.ops.aten.slice.Tensor}
     means = {torch.ops.aten.mean.dim}
 
     class Extras(Quantizer):
