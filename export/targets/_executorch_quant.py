@@ -70,14 +70,14 @@ def _int8_extras(config: Any, allowed: Any) -> Any:
     from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
     from torchao.quantization.pt2e.quantizer.utils import get_input_act_qspec, get_output_act_qspec
 
-    clamps = {torch.ops.aten.hardtanh.default, torch.ops.aten.clamp.default, torch.ops.aten.narrow.default,
-              torch.ops.aten.slice.Tensor}
+    shared = {torch.ops.aten.hardtanh.default, torch.ops.aten.clamp.default, torch.ops.aten.narrow.default,
+              torch.ops.aten.slice.Tensor}  # output quantization = the input's
     means = {torch.ops.aten.mean.dim}
 
     class Extras(Quantizer):
         def annotate(self, gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
             for n in gm.graph.nodes:
-                if n.op != "call_function" or n.target not in clamps | means or not allowed(n):
+                if n.op != "call_function" or n.target not in shared | means or not allowed(n):
                     continue
                 if Q_ANNOTATION_KEY in n.meta and n.meta[Q_ANNOTATION_KEY]._annotated:
                     continue
