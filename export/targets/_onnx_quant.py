@@ -5,7 +5,8 @@
 * ``int8-dynamic``: ``quantize_dynamic`` (int8 weights per output channel; ConvInteger / MatMulInteger with
   activations quantized per call).
 * ``int8``: ``quantize_static`` in QDQ format (int8 weights per output channel, uint8 activations, ranges at a
-  percentile (`CALIB_PERCENTILE`) of `stexport.calibration` samples); inputs and outputs stay float32. uint8
+  percentile (`CALIB_PERCENTILE`) of `stexport.calibration` samples, the logits' whole range: `result_ranges`);
+  inputs and outputs stay float32. uint8
   activations x int8 weights is the combination ONNX Runtime's CPU QDQ fusions take on x86 (QLinearConv, QLinearAdd,
   QLinearMul, QLinearConcat, QGemm); with int8 activations its QLinearAdd / QLinearMul selectors decline and half
   the convs stayed ``DequantizeLinear -> Conv -> QuantizeLinear`` in float (measured 16x slower than fp32 on
@@ -268,6 +269,24 @@ def _reader(calibration: Calibration, names: list[str]) -> Any:
     return Reader()
 
 
+def result_ranges(model_path: Path, calibration: Calibration, spec: IOSpec) -> dict[str, list[dict[str, Any]]]:
+    """``TensorQuantOverrides`` giving each result output (logits, extra) the full range it takes over the
+    calibration, not the histogram percentile: its largest values decide top-1, and rare frames have them (an
+    ensemble's first frame, where one member alone answers, had its top logits clipped)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    names = [t.name for t in spec.outputs if t.role in ("logits", "extra")]
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
+    lo, hi = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)  # (0 kept inside, as the quantizer does)
+    for sample in calibration.samples:
+        for n, v in zip(names, sess.run(names, {n: sample[n] for n in spec.input_names})):
+            lo[n], hi[n] = min(lo[n], float(np.min(v))), max(hi[n], float(np.max(v)))
+    return {n: [{"rmin": np.float32(lo[n]), "rmax": np.float32(hi[n])}] for n in names}
+
+
 def convert_precision(model: Any, spec: IOSpec, precision: str, calibration: Calibration | None) -> tuple[Any, dict]:
     """(the model in ``precision``, the manifest's precision details) from a float32 ``ModelProto``."""
     import onnx
@@ -301,12 +320,13 @@ def convert_precision(model: Any, spec: IOSpec, precision: str, calibration: Cal
             quantize_static(str(src), str(dst), _reader(calibration, spec.input_names), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             nodes_to_exclude=keep, calibrate_method=CalibrationMethod.Percentile,
-                            extra_options={"CalibPercentile": CALIB_PERCENTILE})
+                            extra_options={"CalibPercentile": CALIB_PERCENTILE,
+                                           "TensorQuantOverrides": result_ranges(src, calibration, spec)})
             out = onnx.load(str(dst))
             folded = fold_constant_muls(out)
             details.update(weights="int8 symmetric, per output channel", format="QDQ",
                            activations=f"uint8 per tensor, ranges at the {CALIB_PERCENTILE} percentile of the "
-                                       "calibration histograms",
+                                       "calibration histograms (the logits: their whole range)",
                            compute="int8 (uint8 activations x int8 weights: ONNX Runtime's x86 QLinear kernels)",
                            constant_muls_folded=folded, float_ops=float_ops(out, keep))
             return out, details

@@ -152,7 +152,9 @@ def quantize(path: Path, spec: IOSpec, precision: str, calibration: Calibration 
         from stexport.targets._tflite_io import _signature_tensor_names
 
         frames = {t for n, t in _signature_tensor_names(spec).items() if n not in spec.state_names}
-        narrowed = _percentile_ranges(path.read_bytes(), calibration.samples, result, keep=frames)
+        results = {t.name for t in spec.outputs if t.role in ("logits", "extra")}
+        narrowed = _percentile_ranges(path.read_bytes(), calibration.samples, result, keep=frames,
+                                      keep_outputs=results)
         result = _widen_constant_ranges(result)  # after the narrowing, which would undo it
         details["calibration_ranges"] = (f"the {100 - RANGE_PERCENTILE:g}-{RANGE_PERCENTILE:g} percentiles of every "
                                          f"activation over the calibration ({narrowed} ranges narrowed from the "
@@ -176,12 +178,14 @@ _VALUES_PER_SAMPLE = 4096
 
 
 def _percentile_ranges(float_model: bytes, samples: list[dict[str, Any]], qsvs: dict[str, Any], *,
-                       keep: set[str]) -> int:
+                       keep: set[str], keep_outputs: set[str]) -> int:
     """Narrow each activation's calibrated [min, max] (in place) to the `RANGE_PERCENTILE` percentiles of its values
     over the samples (a random subset of each sample's values), keeping 0 inside: a few outliers stretch a
     per-tensor int8 scale over the whole range and leave the bulk of the values a handful of levels (MoViNet's
     depthwise activations). The tensors named in ``keep`` (the frame: its range is the preprocessing's, and
-    clipping it would saturate bright pixels) keep their full range. Returns how many ranges changed."""
+    clipping it would saturate bright pixels) and the signature outputs named in ``keep_outputs`` (the logits:
+    their largest values decide top-1, and rare frames have them, e.g. an ensemble's first frame, where one member
+    alone answers) keep their full range. Returns how many ranges changed."""
     import numpy as np
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
@@ -189,10 +193,13 @@ def _percentile_ranges(float_model: bytes, samples: list[dict[str, Any]], qsvs: 
                      experimental_op_resolver_type=OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
     it.allocate_tensors()
     index = {t["name"]: t["index"] for t in it.get_tensor_details()}
+    run = it.get_signature_runner(SIGNATURE)
+    outputs = run.get_output_details()
+    name_of = {i: n for n, i in index.items()}
+    keep = keep | {name_of[outputs[o]["index"]] for o in keep_outputs if o in outputs}
     names = [n for n, q in qsvs.items() if n in index and n not in keep and isinstance(q, dict) and "min" in q]
     values: dict[str, list[Any]] = {n: [] for n in names}
     rng = np.random.default_rng(0)
-    run = it.get_signature_runner(SIGNATURE)
     for feeds in samples:
         run(**feeds)
         for n in names:
