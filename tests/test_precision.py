@@ -316,6 +316,24 @@ def test_constant_mul_folds_into_the_readers_scale() -> None:
     assert fold_constant_muls(negative) == 0 and len(negative.graph.node) == 6
 
 
+def test_onnx_int8_calibrates_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ONNX Runtime's histogram calibrator keeps every activation of the samples it is given before binning them
+    (128 frames of movinet_a3_stream grew to 24 GB and were killed): it is given at most `CALIB_CHUNK` at a time."""
+    from onnxruntime.quantization import calibrate
+
+    from stexport.targets._onnx_quant import CALIB_CHUNK, calibration_stride
+
+    assert CALIB_CHUNK == 16 and [calibration_stride(n) for n in (128, 100, 24, 7, 1)] == [16, 10, 12, 7, 1]
+    calls = []
+    collect = calibrate.HistogramCalibrater.collect_data
+    monkeypatch.setattr(calibrate.HistogramCalibrater, "collect_data",
+                        lambda self, reader: (calls.append(1), collect(self, reader))[1])
+    torch.manual_seed(0)
+    bundle = stexport.export(TinyStream().eval(), target="onnx", precision="int8", out=tmp_path, steps=8,
+                             calibration_frames=24, progress=lambda s: None)
+    assert len(calls) == 2 and _manifest(bundle)["parity"]["passed"]
+
+
 def test_tiny_onnx_int8_runs_uint8_activations(tmp_path: Path) -> None:
     """Activations are quantized to uint8 (ONNX Runtime's x86 QLinearConv / QLinearAdd / QLinearMul take uint8 x
     int8; with int8 activations its QDQ fusions decline and convs run in float between Q/DQ pairs), every Conv sits
