@@ -10,7 +10,9 @@
   14.8 MB, most of it weights), so the whole is slower than the sum of its parts: the difference is what the
   caches cost.
 * **State copies**: the whole step through the signature runner (every state copied in and out, as an app
-  without tensor buffers does) minus ``invoke()`` alone.
+  without tensor buffers does) minus ``invoke()`` alone, and the minor page faults per such step: each output
+  comes back as a fresh numpy array, and once glibc has handed the freed arrays' pages back to the kernel, the
+  next step's arrays fault them in again.
 * **Per op type**: where ``perf`` exists, the whole step is sampled with ``perf record`` and XNNPACK's kernels are
   grouped by what they compute (1x1 convs and fully connected layers are GEMMs, depthwise convs, hard-swish,
   copies for concatenations/slices, pads, pools, elementwise, the input transpose, runtime overhead).
@@ -148,6 +150,19 @@ def _median_ms(fn: Callable[[], None], n: int) -> float:
     return 1e3 * float(np.median(ts))
 
 
+def _page_faults_per_call(fn: Callable[[], None], n: int) -> float:
+    """Minor page faults of this process per call of ``fn`` (``getrusage``; 0.0 where it is not available)."""
+    try:
+        import resource
+    except ImportError:  # not on Windows
+        return 0.0
+    fn()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(n):
+        fn()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / n
+
+
 def per_op_type(path: Path, *, seconds: float = 4.0) -> dict[str, float] | None:
     """Share of samples per kernel group (`KERNEL_GROUPS`) while ``invoke()`` loops, from ``perf``; None without
     perf."""
@@ -212,6 +227,7 @@ def budget(name: str = "movinet_a0_stream", *, rounds: int = 7, reps: int = 30,
             for k, (invoke, _signature) in timers.items():
                 samples[k].append(_median_ms(invoke, reps))
             copies.append(_median_ms(timers["step"][1], reps) - samples["step"][-1])
+        faults = _page_faults_per_call(timers["step"][1], reps)
         ceiling_after = conv_ceiling(threads=1)
     med = {k: float(np.median(v)) for k, v in samples.items()}
     parts = {k: v for k, v in med.items() if k != "step"}
@@ -221,7 +237,7 @@ def budget(name: str = "movinet_a0_stream", *, rounds: int = 7, reps: int = 30,
                     "conv_ceiling_before": ceiling_before, "conv_ceiling_after": ceiling_after},
         "rounds": rounds, "reps_per_round": reps,
         "step_ms": med["step"], "parts_ms": parts, "sum_of_parts_ms": sum(parts.values()),
-        "state_copies_ms": float(np.median(copies)),
+        "state_copies_ms": float(np.median(copies)), "state_copies_page_faults_per_step": faults,
         "op_type_share": ops,
     }
     if out_dir is not None:
@@ -269,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=RESULTS_DIR / "budget")
     args = p.parse_args(argv)
     res = budget(args.model, rounds=args.rounds, out_dir=args.out)
-    print(f"{res['model']}: step {res['step_ms']:.3f} ms (invoke), state copies {res['state_copies_ms']:.3f} ms")
+    print(f"{res['model']}: step {res['step_ms']:.3f} ms (invoke), state copies {res['state_copies_ms']:.3f} ms "
+          f"({res['state_copies_page_faults_per_step']:.0f} page faults per step)")
     for k, v in res["parts_ms"].items():
         print(f"  {k:<8} {v:.3f} ms")
     for k, v in (res["op_type_share"] or {}).items():
