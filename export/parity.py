@@ -100,7 +100,7 @@ def compare(spec: IOSpec, ref: Trace, got: Trace, *, precision: str) -> dict[str
              for r, g in zip(ref.outputs, got.outputs)]
     ref_l = np.concatenate([r["logits"] for r in ref.outputs])
     got_l = np.concatenate([g["logits"] for g in got.outputs])
-    gated = ["logits", *(t.name for t in spec.outputs if t.role == "extra")]  # e.g. per-segment logits
+    gated = spec.result_names  # logits, then e.g. per-segment logits
     tols = {n: tolerance(precision, np.concatenate([r[n] for r in ref.outputs])) for n in gated}
     tol = tols["logits"]["logits_max_abs"]
     snr = _snr_db(ref_l, got_l)

@@ -89,6 +89,12 @@ class IOSpec:
     def state_names(self) -> list[str]:
         return [s.name for s in self.states]
 
+    @property
+    def result_names(self) -> list[str]:
+        """The outputs an app reads as its answer: ``logits``, then any extra outputs (e.g. per-segment logits);
+        not the state outputs."""
+        return [t.name for t in self.outputs if t.role in ("logits", "extra")]
+
     def to_json(self) -> dict[str, Any]:
         """The contract as the manifest writes it (``form``, ``inputs``, ``outputs``, ``states``)."""
         return {"form": self.form, "inputs": [t.to_json() for t in self.inputs],

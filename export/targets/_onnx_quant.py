@@ -294,7 +294,7 @@ def result_ranges(model_path: Path, calibration: Calibration, spec: IOSpec) -> d
     import numpy as np
     import onnxruntime as ort
 
-    names = [t.name for t in spec.outputs if t.role in ("logits", "extra")]
+    names = spec.result_names
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
     sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])

@@ -152,9 +152,8 @@ def quantize(path: Path, spec: IOSpec, precision: str, calibration: Calibration 
         from stexport.targets._tflite_io import _signature_tensor_names
 
         frames = {t for n, t in _signature_tensor_names(spec).items() if n not in spec.state_names}
-        results = {t.name for t in spec.outputs if t.role in ("logits", "extra")}
         narrowed = _percentile_ranges(path.read_bytes(), calibration.samples, result, keep=frames,
-                                      keep_outputs=results)
+                                      keep_outputs=set(spec.result_names))
         result = _widen_constant_ranges(result)  # after the narrowing, which would undo it
         details["calibration_ranges"] = (f"the {100 - RANGE_PERCENTILE:g}-{RANGE_PERCENTILE:g} percentiles of every "
                                          f"activation over the calibration ({narrowed} ranges narrowed from the "
