@@ -39,6 +39,18 @@ def is_tracing() -> bool:
                 or torch.fx._symbolic_trace._is_fx_tracing_flag)
 
 
+def _zero_cat(x: Tensor, dim: int, before: int, after: int) -> Tensor:
+    """``x`` zero-padded along ``dim`` by concatenating zeros (exact in any quantization: 0 is a grid point)."""
+    if not before and not after:
+        return x
+
+    def zeros(k: int) -> list[Tensor]:
+        return [x.new_zeros([k if d == dim else n for d, n in enumerate(x.shape)])] if k else []
+
+    parts = [*zeros(before), x, *zeros(after)]
+    return torch.cat(parts, dim)
+
+
 class StepLayout:
     """How ``step``'s 4D graph is written for a runtime: where the channels are, and which op forms it uses.
 
@@ -49,7 +61,9 @@ class StepLayout:
 
     ``integer=True`` writes the step with ops that integer (int8) kernels run, for full-integer exports: hard-swish
     as ``relu6(x + 3) * x / 6`` (three int8 elementwise ops; XNNPACK has no int8 HARD_SWISH), spatial means as
-    MEAN, and the strided residual average pool as a depthwise conv. The float form keeps the single fused ops."""
+    MEAN, and the strided residual average pool as a depthwise conv; for ExecuTorch (integer NCHW), zero pads as
+    concatenations and hard-swish's constants at the activation's rank, so that its XNNPACK delegate keeps them in
+    int8 and NHWC (`pad`, `act`). The float form keeps the single fused ops."""
 
     def __init__(self, name: str, *, integer: bool = False) -> None:
         if name not in ("nhwc", "nchw"):
@@ -87,7 +101,13 @@ class StepLayout:
         if not any(pads):
             return x
         pl, pr, pt, pb = pads
-        return F.pad(x, (0, 0, pl, pr, pt, pb)) if self.channels_last else F.pad(x, pads)
+        if self.channels_last:
+            return F.pad(x, (0, 0, pl, pr, pt, pb))
+        if self.integer and not torch.onnx.is_in_onnx_export():
+            # NCHW int8 (ExecuTorch): its XNNPACK delegate pads float32 only (a pad between int8 ops left it and
+            # its producer in float32, with a dequantize and quantize around them), but concatenates int8
+            return _zero_cat(_zero_cat(x, 3, pl, pr), 2, pt, pb)
+        return F.pad(x, pads)
 
     def avg_pool(self, x: Tensor, kernel: int | tuple[int, int], stride: int | None = None, *,
                  padding: int | tuple[int, int] = 0, ceil_mode: bool = False, count_include_pad: bool = True
@@ -99,9 +119,14 @@ class StepLayout:
 
     def act(self, x: Tensor, kind: Act) -> Tensor:
         """`activation` in this step form (hard-swish decomposed for integer kernels; written so that the TFLite
-        converter does not fuse it back into HARD_SWISH)."""
+        converter does not fuse it back into HARD_SWISH). NCHW (ExecuTorch) adds and multiplies constants of
+        ``x``'s rank: its XNNPACK layout pass runs a binary op whose other operand is not 4D (a scalar constant) in
+        NCHW, so each hard-swish took four int8 transposes out of NHWC and back (219 on MoViNet-A0's step)."""
         if kind == "hardswish" and self.integer:
-            return F.relu6(x + 3.0) * x * (1.0 / 6.0)
+            if self.channels_last or torch.onnx.is_in_onnx_export():
+                return F.relu6(x + 3.0) * x * (1.0 / 6.0)
+            ones = [1] * x.dim()
+            return F.relu6(x + x.new_full(ones, 3.0)) * x * x.new_full(ones, 1.0 / 6.0)
         return activation(x, kind)
 
     def spatial_mean(self, x: Tensor) -> Tensor:

@@ -377,9 +377,10 @@ def _int8_for_executorch(module: torch.nn.Module, x: torch.Tensor) -> tuple[torc
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
     from torchao.quantization.pt2e.quantizer import ComposableQuantizer
 
-    from stexport.targets._executorch_quant import _int8_extras
+    from stexport.targets._executorch_quant import _freeze_new_tensors, _int8_extras
 
     gm = torch.export.export(module.eval(), (x,), strict=False).module()
+    _freeze_new_tensors(gm)
     config = get_symmetric_quantization_config(is_per_channel=True)
     prepared = prepare_pt2e(gm, ComposableQuantizer([XNNPACKQuantizer().set_global(config),
                                                      _int8_extras(config, lambda n: True)]))
@@ -415,6 +416,77 @@ def test_executorch_int8_quantizes_hardtanh_and_mean() -> None:
     calls = [n for n in lowered.exported_program().graph.nodes if n.op == "call_function"]
     assert sum("executorch_call_delegate" in str(n.target) for n in calls) == 1
     assert all("executorch_call_delegate" in str(n.target) or "getitem" in str(n.target) for n in calls), calls
+
+
+def test_executorch_int8_pads_by_concatenating_zeros() -> None:
+    """A TF-"same" pad before a strided conv, in the integer NCHW step form (ExecuTorch int8), is a concatenation
+    with zeros: exactly ``F.pad``, and int8 in the program (between a dequantize and a quantize). As ``F.pad`` the
+    XNNPACK delegate ran it, its producer and a dequantize / quantize pair in float32, on MoViNet-A0 seven times
+    per step, on tensors of up to 190k values."""
+    from stexport.models._movinet_layers import StepLayout
+
+    layout, pads = StepLayout("nchw", integer=True), (0, 1, 0, 1)
+
+    class PadConv(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = torch.nn.Conv2d(3, 8, 1), torch.nn.Conv2d(8, 8, 3, stride=2, groups=8)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(layout.pad(layout.act(self.a(x), "hardswish"), pads))
+
+    x = torch.randn(1, 3, 10, 10)
+    assert torch.equal(layout.pad(x, pads), torch.nn.functional.pad(x, pads))
+    torch.manual_seed(0)
+    converted, lowered = _int8_for_executorch(PadConv(), x)
+    ops = [n for n in converted.graph.nodes if n.op == "call_function"]
+    assert not [n for n in ops if "pad" in str(n.target)]
+    cats = [n for n in ops if n.target == torch.ops.aten.cat.default]
+    assert len(cats) == 2
+    for n in cats:
+        assert all("dequantize" in str(a.target) for a in n.args[0]), n
+        assert all("quantize" in str(u.target) and "dequantize" not in str(u.target) for u in n.users), n
+    calls = [n for n in lowered.exported_program().graph.nodes if n.op == "call_function"]
+    assert sum("executorch_call_delegate" in str(n.target) for n in calls) == 1
+
+
+def _layout_copies(lowered: Any) -> int:
+    """Layout copies (NCHW <-> NHWC transposes of more than one value) that ExecuTorch's XNNPACK layout pass puts
+    into the first delegated graph of ``lowered``."""
+    from executorch.backends.xnnpack._passes.channels_last_tagged_reshape_pass import ChannelsLastTaggedReshapePass
+    from executorch.exir.dialects._ops import ops as exir_ops
+
+    ep = lowered.exported_program().graph_module.lowered_module_0.original_module
+    gm = ChannelsLastTaggedReshapePass(ep)(ep.graph_module).graph_module
+    return sum(1 for n in gm.graph.nodes if n.target == exir_ops.edge.aten._to_copy.default
+               and n.meta["val"].numel() > 1)
+
+
+def test_executorch_int8_hardswish_stays_channels_last() -> None:
+    """Hard-swish between two convs in the integer NCHW step form adds and multiplies constants of the
+    activation's rank, so ExecuTorch's XNNPACK layout pass keeps it in NHWC: the only layout copies left are the
+    graph's input and output. With scalar constants the pass runs each of its binary ops in NCHW, and transposes
+    the int8 activation out of NHWC and back around them (MoViNet-A0's int8 step: 219 transposes, 20% of it)."""
+    from stexport.models._movinet_layers import StepLayout
+
+    layout = StepLayout("nchw", integer=True)
+
+    class ConvActConv(torch.nn.Module):
+        def __init__(self, act: Any) -> None:
+            super().__init__()
+            self.a, self.b, self.act = torch.nn.Conv2d(3, 8, 1), torch.nn.Conv2d(8, 8, 3, groups=8), act
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.b(self.act(self.a(x)))
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 3, 8, 8)
+    ours = ConvActConv(lambda y: layout.act(y, "hardswish"))
+    scalars = ConvActConv(lambda y: torch.nn.functional.relu6(y + 3.0) * y * (1.0 / 6.0))
+    assert torch.allclose(ours(x), torch.nn.functional.conv2d(
+        torch.nn.functional.hardswish(ours.a(x)), ours.b.weight, ours.b.bias, groups=8), atol=1e-6)
+    assert _layout_copies(_int8_for_executorch(ours, x)[1]) == 2
+    assert _layout_copies(_int8_for_executorch(scalars, x)[1]) >= 4
 
 
 def test_executorch_int8_channel_slice_shares_its_input_quantization() -> None:
