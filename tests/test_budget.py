@@ -1,6 +1,10 @@
-"""The per-frame budget tool's perf parsing (the measurement itself needs perf and a quiet machine)."""
+"""The per-frame budget tool's perf parsing (the measurement itself needs perf and a quiet machine), and the
+ExecuTorch operator profile (`stexport.benchmarks.et_ops`)."""
 
 from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
 
 import pytest
 
@@ -27,3 +31,32 @@ def test_perf_report_is_grouped_by_kernel_family() -> None:
     assert shares["hard-swish"] == pytest.approx(0.0377)
     assert shares["other (Python, numpy, kernel)"] == pytest.approx(0.0036)
     assert list(shares)[0] == "1x1 convs (GEMM)"  # largest first
+
+
+def test_executorch_op_profile_groups_operators_by_type() -> None:
+    from stexport.benchmarks.et_ops import group_ops
+
+    events = [("Method::execute", 3.0), ("DELEGATE_CALL", 2.9), ("Transpose (ND, X8) #1", 0.5),
+              ("Multiply (ND) #1", 0.2), ("Transpose (ND, X8) #2", 0.25), ("Multiply (ND) #12", 0.1)]
+    ops = group_ops(events)
+    assert list(ops) == ["Transpose (ND, X8)", "Multiply (ND)"]  # largest first, ExecuTorch's totals left out
+    assert ops["Transpose (ND, X8)"] == {"ms": pytest.approx(0.75), "count": 2}
+    assert ops["Multiply (ND)"] == {"ms": pytest.approx(0.3), "count": 2}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("executorch") is None, reason="needs the executorch extra")
+def test_executorch_op_profile_of_an_exported_stream(tmp_path: Path) -> None:
+    """The profile of a real (tiny) program: its XNNPACK operators, each timed, inside the delegate call."""
+    import torch
+    from toy_models import TinyStream
+
+    import stexport
+    from stexport.benchmarks.et_ops import profile
+
+    torch.manual_seed(0)
+    bundle = stexport.export(TinyStream().eval(), target="executorch", out=tmp_path, steps=4, progress=lambda s: None)
+    res = profile(bundle, steps=3)
+    ops = res["op_types"]
+    assert any(k.startswith("Convolution") for k in ops), ops
+    assert all(g["count"] >= 1 and g["ms"] >= 0 for g in ops.values())
+    assert sum(g["ms"] for g in ops.values()) <= res["delegate_calls_ms"] <= res["execute_ms"]
