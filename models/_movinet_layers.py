@@ -75,6 +75,10 @@ class StepLayout:
     def __repr__(self) -> str:
         return f"StepLayout({self.name!r}, integer={self.integer})"
 
+    def _executorch_int8(self) -> bool:
+        """The integer NCHW form as ExecuTorch's XNNPACK delegate runs it (ONNX exports keep the plain ops)."""
+        return self.integer and not self.channels_last and not torch.onnx.is_in_onnx_export()
+
     def from_nchw(self, x: Tensor) -> Tensor:
         return x.permute(0, 2, 3, 1) if self.channels_last else x
 
@@ -103,7 +107,7 @@ class StepLayout:
         pl, pr, pt, pb = pads
         if self.channels_last:
             return F.pad(x, (0, 0, pl, pr, pt, pb))
-        if self.integer and not torch.onnx.is_in_onnx_export():
+        if self._executorch_int8():
             # NCHW int8 (ExecuTorch): its XNNPACK delegate pads float32 only (a pad between int8 ops left it and
             # its producer in float32, with a dequantize and quantize around them), but concatenates int8
             return _zero_cat(_zero_cat(x, 3, pl, pr), 2, pt, pb)
@@ -121,12 +125,12 @@ class StepLayout:
         """`activation` in this step form (hard-swish decomposed for integer kernels; written so that the TFLite
         converter does not fuse it back into HARD_SWISH). NCHW (ExecuTorch) adds and multiplies constants of
         ``x``'s rank: its XNNPACK layout pass runs a binary op whose other operand is not 4D (a scalar constant) in
-        NCHW, so each hard-swish took four int8 transposes out of NHWC and back (219 on MoViNet-A0's step)."""
-        if kind == "hardswish" and self.integer:
-            if self.channels_last or torch.onnx.is_in_onnx_export():
-                return F.relu6(x + 3.0) * x * (1.0 / 6.0)
+        NCHW, so each hard-swish took int8 transposes out of NHWC and back (209 on MoViNet-A0's step)."""
+        if kind == "hardswish" and self._executorch_int8():
             ones = [1] * x.dim()
             return F.relu6(x + x.new_full(ones, 3.0)) * x * x.new_full(ones, 1.0 / 6.0)
+        if kind == "hardswish" and self.integer:
+            return F.relu6(x + 3.0) * x * (1.0 / 6.0)
         return activation(x, kind)
 
     def spatial_mean(self, x: Tensor) -> Tensor:
@@ -134,7 +138,7 @@ class StepLayout:
         and ExecuTorch's XNNPACK partitioner both take in full (ONNX gets a plain ReduceMean). Integer: MEAN, which
         XNNPACK runs in int8 (its average pool is float only)."""
         dims = (1, 2) if self.channels_last else (2, 3)
-        if self.integer and not self.channels_last and not torch.onnx.is_in_onnx_export():
+        if self._executorch_int8():
             # NCHW (ExecuTorch): keepdim, the form its XNNPACK partitioner takes (else a portable float kernel);
             # NHWC (LiteRT) keeps the plain MEAN, which its int8 delegate runs
             return x.mean(dims, keepdim=True).flatten(1)
