@@ -7,9 +7,9 @@ the pip build of ExecuTorch records each XNNPACK operator of the delegate), runs
 (each state output fed back, 1 thread), and ExecuTorch's ``Inspector`` gives every operator's median time over
 those steps. Operators are grouped by XNNPACK's name for them (``Transpose (ND, X8)``, ``Multiply (ND)``,
 ``Fully Connected (NC, QS8, QC8W) GEMM``...); ExecuTorch's portable kernels outside the delegate are listed
-apart. The tracing itself costs time per operator, so compare the rows of one
-profile with each other (and the operator counts across programs), not its total with an untraced step (recording
-MoViNet-A0's ~800 events per step costs more than its operators).
+apart. The tracing itself costs time per operator (10-15% of MoViNet-A0's step on a quiet machine), so compare
+the rows of one profile with each other (and the operator counts across programs), not its total with an untraced
+step.
 
 Writes ``<out>/<model>_<precision>_executorch_ops.json`` when ``--out`` is given.
 """

@@ -466,7 +466,7 @@ def test_executorch_int8_hardswish_stays_channels_last() -> None:
     """Hard-swish between two convs in the integer NCHW step form adds and multiplies constants of the
     activation's rank, so ExecuTorch's XNNPACK layout pass keeps it in NHWC: the only layout copies left are the
     graph's input and output. With scalar constants the pass runs each of its binary ops in NCHW, and transposes
-    the int8 activation out of NHWC and back around them (MoViNet-A0's int8 step: 219 transposes, 20% of it)."""
+    the int8 activation out of NHWC and back around them (MoViNet-A0's int8 step: 209 transposes, 20% of it)."""
     from stexport.models._movinet_layers import StepLayout
 
     layout = StepLayout("nchw", integer=True)
