@@ -51,14 +51,15 @@ def group_ops(events: list[tuple[str, float]]) -> dict[str, dict[str, float]]:
 def profile(bundle: Path, *, steps: int = 30) -> dict[str, Any]:
     """Per-operator-type times of ``steps`` stream steps of the ExecuTorch program in ``bundle`` (see the module
     docstring)."""
-    import torch
+    from types import SimpleNamespace
+
     from executorch.devtools import Inspector
     from executorch.extension.pybindings import portable_lib
 
     from stexport.integrity import checked_artifact, read_manifest
     from stexport.quiet import captured_output
     from stexport.spec import IOSpec
-    from stexport.targets._executorch import use_threads
+    from stexport.targets._executorch import TensorStepper, use_threads
 
     manifest = read_manifest(bundle)
     if manifest["target"] != "executorch":
@@ -67,21 +68,18 @@ def profile(bundle: Path, *, steps: int = 30) -> dict[str, Any]:
     use_threads(1)
     module = portable_lib._load_for_executorch(str(checked_artifact(bundle, manifest)), enable_etdump=True,
                                                debug_buffer_size=0)
-    channels_last = set(manifest["converter"].get("channels_last_states", []))
-    state = {n: torch.from_numpy(v) for n, v in spec.zero_state().items()}
-    state = {n: v.contiguous(memory_format=torch.channels_last) if n in channels_last else v
-             for n, v in state.items()}
+    # the app's loop (`TensorStepper`), over the traced module instead of `executorch.runtime.Method`
+    stepper = TensorStepper(SimpleNamespace(execute=module.forward), spec,
+                            channels_last=set(manifest["converter"].get("channels_last_states", [])))
     rng = np.random.default_rng(0)
-    outs_of = {s.name: spec.output_names.index(s.output) for s in spec.states}
 
-    def random_input(shape: tuple[int, ...], dtype: str) -> torch.Tensor:
+    def random_input(shape: tuple[int, ...], dtype: str) -> np.ndarray:
         x = rng.integers(0, 256, shape) if np.dtype(dtype).kind in "iu" else rng.standard_normal(shape)
-        return torch.from_numpy(x.astype(dtype))
+        return x.astype(dtype)
 
+    fed = [i for i in spec.inputs if i.name not in spec.state_names]
     for _ in range(steps):
-        feeds = [state[i.name] if i.name in state else random_input(i.shape, i.dtype) for i in spec.inputs]
-        outs = module.forward(feeds)
-        state = {n: outs[i] for n, i in outs_of.items()}
+        stepper.step({i.name: random_input(i.shape, i.dtype) for i in fed})
     with tempfile.TemporaryDirectory() as tmp, captured_output():
         path = Path(tmp) / "step.etdp"
         module.write_etdump_result_to_file(str(path))
