@@ -21,6 +21,7 @@ import json
 import re
 import sys
 import tempfile
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -51,8 +52,6 @@ def group_ops(events: list[tuple[str, float]]) -> dict[str, dict[str, float]]:
 def profile(bundle: Path, *, steps: int = 30) -> dict[str, Any]:
     """Per-operator-type times of ``steps`` stream steps of the ExecuTorch program in ``bundle`` (see the module
     docstring)."""
-    from types import SimpleNamespace
-
     from executorch.devtools import Inspector
     from executorch.extension.pybindings import portable_lib
 
@@ -69,7 +68,7 @@ def profile(bundle: Path, *, steps: int = 30) -> dict[str, Any]:
     module = portable_lib._load_for_executorch(str(checked_artifact(bundle, manifest)), enable_etdump=True,
                                                debug_buffer_size=0)
     # the app's loop (`TensorStepper`), over the traced module instead of `executorch.runtime.Method`
-    stepper = TensorStepper(SimpleNamespace(execute=module.forward), spec,
+    stepper = TensorStepper(partial(module.forward, clone_outputs=False), spec,
                             channels_last=set(manifest["converter"].get("channels_last_states", [])))
     rng = np.random.default_rng(0)
 

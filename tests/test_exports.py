@@ -62,6 +62,14 @@ def check_state_layouts(model: torch.nn.Module, spec: IOSpec, target: str) -> No
         assert s.shape == want, (s, nchw[s.name])
 
 
+def executorch_inputs_planned(artifact: Path) -> list[bool]:
+    """Whether each input of the program's ``forward`` lives in its planned memory (so is copied in per call)."""
+    from executorch.runtime import Runtime
+
+    meta = Runtime.get().load_program(str(artifact)).metadata("forward")
+    return [meta.input_tensor_meta(i).is_memory_planned() for i in range(meta.num_inputs())]
+
+
 def _runner(target: str, bundle: Path, spec):  # type: ignore[no-untyped-def]
     manifest = json.loads((bundle / "manifest.json").read_text())
     return TARGETS[target].load().Runner(bundle / manifest["artifact"]["file"], spec)
@@ -121,6 +129,9 @@ def test_export_reproduces_authors_outputs(tmp_path: Path, name: str, target: st
         check_tsm_online_tflite(artifact, max_ops=TSM_ONLINE_TFLITE_OPS)
     if name.startswith("movinet") and target == "executorch":  # ... and in one XNNPACK delegate call
         assert manifest["converter"]["delegate_calls"] == 1, manifest["converter"]
+    if target == "executorch":  # inputs read in place, not copied into the program's memory (the loop below runs it)
+        assert manifest["converter"]["inputs_memory_planned"] is False
+        assert not any(executorch_inputs_planned(artifact)), executorch_inputs_planned(artifact)
     spec = IOSpec.from_json(manifest)
     if model.streaming:  # the step's layout is the target's; the states say so
         check_state_layouts(model, spec, target)

@@ -316,14 +316,31 @@ def test_constant_mul_folds_into_the_readers_scale() -> None:
     assert fold_constant_muls(negative) == 0 and len(negative.graph.node) == 6
 
 
+def test_activation_bytes_counts_every_float_tensor_a_sample_produces() -> None:
+    """What the histogram calibrator keeps per sample: each float32 tensor the graph computes, outputs included."""
+    from onnx import TensorProto, helper
+
+    from stexport.targets._onnx_quant import activation_bytes
+
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 2, 2])
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["r"]),
+                               helper.make_node("MaxPool", ["r"], ["y"], kernel_shape=[2, 2], strides=[2, 2])],
+                              "g", [x], [y])
+    assert activation_bytes(helper.make_model(graph)) == 4 * (48 + 12)  # r (inferred) and y; not the input
+
+
 def test_onnx_int8_calibrates_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """ONNX Runtime's histogram calibrator keeps every activation of the samples it is given before binning them
     (128 frames of movinet_a3_stream grew to 24 GB and were killed): it is given at most `CALIB_CHUNK` at a time."""
     from onnxruntime.quantization import calibrate
 
-    from stexport.targets._onnx_quant import CALIB_CHUNK, calibration_stride
+    from stexport.targets._onnx_quant import CALIB_BYTES, CALIB_CHUNK, calibration_stride
 
     assert CALIB_CHUNK == 16 and [calibration_stride(n) for n in (128, 100, 24, 7, 1)] == [16, 10, 12, 7, 1]
+    # large activations: fewer samples per chunk (still a divisor of n), down to one
+    assert [calibration_stride(n, CALIB_BYTES // 3) for n in (128, 99, 5)] == [2, 3, 1]
+    assert calibration_stride(128, 2 * CALIB_BYTES) == 1
     calls = []
     collect = calibrate.HistogramCalibrater.collect_data
     monkeypatch.setattr(calibrate.HistogramCalibrater, "collect_data",

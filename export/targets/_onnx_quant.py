@@ -256,14 +256,37 @@ def float_ops(model: Any, keep: list[str]) -> dict[str, dict[str, Any]]:
 
 
 #: calibration samples whose activations ONNX Runtime's histogram calibrator holds at once (it keeps every
-#: activation of every sample it is given before binning them: 128 frames of movinet_a3_stream took 24 GB)
+#: activation of every sample it is given before binning them: 128 frames of movinet_a3_stream took 24 GB) ...
 CALIB_CHUNK = 16
+#: ... and samples of at most this many bytes of activations (`activation_bytes`) in all: movinet_a4_stream has 0.35 GB
+#: a sample, movinet_a5_stream 0.53 GB (each: 8 of its 128 calibration frames at a time)
+CALIB_BYTES = 4 << 30
 
 
-def calibration_stride(n: int) -> int:
-    """The largest divisor of ``n`` samples up to `CALIB_CHUNK` (ONNX Runtime's ``CalibStridedMinMax`` takes equal
-    chunks; the histograms are merged across them)."""
-    return max(d for d in range(1, min(n, CALIB_CHUNK) + 1) if n % d == 0)
+def activation_bytes(model: Any) -> int:
+    """Bytes of the float32 tensors one sample produces in ``model`` (a ``ModelProto`` with static shapes): what the
+    calibrator keeps per sample. Tensors whose shapes do not infer count 0."""
+    import math
+
+    import onnx
+
+    graph = onnx.shape_inference.infer_shapes(model).graph
+    total = 0
+    for v in [*graph.value_info, *graph.output]:
+        t = v.type.tensor_type
+        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in t.shape.dim]
+        if t.elem_type == onnx.TensorProto.FLOAT and t.HasField("shape"):
+            total += 4 * math.prod(dims)
+    return total
+
+
+def calibration_stride(n: int, sample_bytes: int = 0) -> int:
+    """The largest divisor of ``n`` samples up to `CALIB_CHUNK` and `CALIB_BYTES` / ``sample_bytes`` (at least 1;
+    ONNX Runtime's ``CalibStridedMinMax`` takes equal chunks; the histograms are merged across them)."""
+    cap = min(n, CALIB_CHUNK)
+    if sample_bytes:
+        cap = min(cap, max(1, CALIB_BYTES // sample_bytes))
+    return max(d for d in range(1, cap + 1) if n % d == 0)
 
 
 def _reader(calibration: Calibration, names: list[str]) -> Any:
@@ -339,7 +362,8 @@ def convert_precision(model: Any, spec: IOSpec, precision: str, calibration: Cal
                             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             nodes_to_exclude=keep, calibrate_method=CalibrationMethod.Percentile,
                             extra_options={"CalibPercentile": CALIB_PERCENTILE,
-                                           "CalibStridedMinMax": calibration_stride(len(calibration.samples)),
+                                           "CalibStridedMinMax": calibration_stride(len(calibration.samples),
+                                                                                   activation_bytes(model)),
                                            "TensorQuantOverrides": result_ranges(src, calibration, spec)})
             out = onnx.load(str(dst))
             folded = fold_constant_muls(out)
