@@ -332,7 +332,8 @@ def test_activation_bytes_counts_every_float_tensor_a_sample_produces() -> None:
 
 def test_onnx_int8_calibrates_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """ONNX Runtime's histogram calibrator keeps every activation of the samples it is given before binning them
-    (128 frames of movinet_a3_stream grew to 24 GB and were killed): it is given at most `CALIB_CHUNK` at a time."""
+    (128 frames of movinet_a3_stream grew to 24 GB and were killed): it is given at most `CALIB_CHUNK` at a time,
+    and fewer when their activations would exceed `CALIB_BYTES`."""
     from onnxruntime.quantization import calibrate
 
     from stexport.targets._onnx_quant import CALIB_BYTES, CALIB_CHUNK, calibration_stride
