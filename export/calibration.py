@@ -11,7 +11,7 @@ state, carrying its state, and every step's inputs (frame and states) are one ca
 activations of the state path are observed. A long sequence is sampled every ``STREAM_STRIDE``-th frame: the
 samples then span ``STREAM_STRIDE`` times as many frames of one stream, so the ranges see states of a long stream
 (running means at frame 300 are not those at frame 8) as well as its first frames. A clip model gets one sample per
-``num_frames`` frames.
+``num_frames`` frames. The samples are kept in memory-mapped files (`SampleStore`), not on the heap.
 
 The state-update path (`state_path`): the ops on a path from a state input to a state output that passes through
 no weighted op (convolution, matmul, fully connected) -- buffer concatenations and slices, running-mean updates,
@@ -23,7 +23,9 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Callable, Iterable, Sequence
+import tempfile
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,12 +51,52 @@ class CalibrationError(StexportError):
     """Calibration frames could not be read."""
 
 
+class SampleStore(Sequence[dict[str, np.ndarray]]):
+    """Up to ``capacity`` calibration samples (feeds: input name -> array, the same names and shapes in each), kept in
+    memory-mapped files in a temporary folder that goes with the store. A stream sample holds every state (75 MB
+    for movinet_a5_stream: its 128 samples are 9.6 GB), which the kernel can write out and read back as the
+    calibrators go through them, where the same bytes on the heap had to fit in RAM beside the converters'."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity, self._len = capacity, 0
+        self._columns: dict[str, np.memmap] = {}
+        self.folder = Path(tempfile.mkdtemp(prefix="stexport-calibration-"))
+        self._cleanup = weakref.finalize(self, shutil.rmtree, self.folder, True)
+
+    def append(self, feeds: dict[str, np.ndarray]) -> None:
+        if self._len == self.capacity:
+            raise IndexError(f"the store holds {self.capacity} samples")
+        if not self._columns:
+            self._columns = {k: np.lib.format.open_memmap(self.folder / f"{i}.npy", mode="w+", dtype=v.dtype,
+                                                          shape=(self.capacity, *v.shape))
+                             for i, (k, v) in enumerate(feeds.items())}
+        for k, column in self._columns.items():
+            column[self._len] = feeds[k]
+        self._len += 1
+
+    def __len__(self) -> int:
+        return self._len
+
+    def _sample(self, i: int) -> dict[str, np.ndarray]:
+        return {k: column[i] for k, column in self._columns.items()}
+
+    def __getitem__(self, i: int | slice) -> Any:  # a sample, or a list of them for a slice
+        if isinstance(i, slice):
+            return [self._sample(j) for j in range(*i.indices(self._len))]
+        if not -self._len <= i < self._len:
+            raise IndexError(i)
+        return self._sample(i % self._len)
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        return (self._sample(j) for j in range(self._len))
+
+
 @dataclass
 class Calibration:
     """Samples for calibrating a quantized export: feeds of the exported graph (input names -> float32 arrays),
-    states included, in stepping order."""
+    states included, in stepping order (a `SampleStore`, or any sequence of feeds)."""
 
-    samples: list[dict[str, np.ndarray]]
+    samples: Sequence[dict[str, np.ndarray]]
     source: str
     frames: int
     sequences: int
@@ -184,7 +226,7 @@ def build_calibration(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarra
     streaming = spec.form == "stream"
     t = 1 if streaming else _clip_frames(spec)
     seqs, desc, warning = calibration_sequences(source, entry, pre, streaming=streaming, frames=t, count=count)
-    samples: list[dict[str, np.ndarray]] = []
+    samples = SampleStore(sum(len(seq) // stride if streaming else len(seq) // t for seq, stride in seqs))
     for seq, stride in seqs:
         x = preprocess(seq, pre)
         if streaming:

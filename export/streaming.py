@@ -15,8 +15,9 @@ buffers as the next step's inputs (ping-pong, no copy). ``Runner.stepper()`` giv
 the artifact against the manifest's sha256 before it runs.
 
 LiteRT (``CompiledModel`` tensor buffers) and ONNX Runtime (``IOBinding`` with ``OrtValue``) keep the state in
-place, ExecuTorch feeds its output tensors back as they are; any other runner falls back to `CopyStepper`. A
-clip-form runner steps clips (no state).
+place; ExecuTorch copies each state output into a tensor the stepper owns, which the program reads in place
+(`stexport.targets._executorch.TensorStepper`); any other runner falls back to `CopyStepper`. A clip-form runner
+steps clips (no state).
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from conftest import clip_input, load_fixture, max_err, released_checkpoint
 from toy_models import TinyClip, TinyStream
 
 import stexport
-from stexport.calibration import Node, build_calibration, read_frames, state_path
+from stexport.calibration import Node, SampleStore, build_calibration, read_frames, state_path
 from stexport.errors import StexportError, UnsupportedPrecisionError
 from stexport.models import Preprocess
 from stexport.parity import LOGIT_REL_TOL, MIN_SNR_DB, tolerance, torch_runner
@@ -157,6 +157,43 @@ def test_stream_calibration_carries_state() -> None:
     clip_spec = build_spec(TinyClip(), form="clip")
     clip_cal = build_calibration(lambda f: {}, clip_spec, Preprocess(size=(16, 16)), source=None, entry=None, count=3)
     assert [s["clip"].shape for s in clip_cal.samples] == [(1, 12, 16, 16)] * 3
+
+
+def test_calibration_samples_live_in_files_that_go_with_them() -> None:
+    """The samples (a stream's carry every state: 9.6 GB for movinet_a5_stream) are memory-mapped files, not heap,
+    in a folder removed when the calibration is dropped."""
+    import gc
+
+    model = TinyStream().eval()
+    spec = build_spec(model, form="stream")
+    cal = build_calibration(torch_runner(GraphModule(model, spec).eval()), spec, Preprocess(size=(16, 16)),
+                            source=None, entry=None, count=4)
+    assert isinstance(cal.samples, SampleStore) and len(cal.samples) == 4
+    folder = cal.samples.folder
+    assert sorted(p.suffix for p in folder.iterdir()) == [".npy"] * len(spec.input_names)
+    assert all(isinstance(v.base, np.memmap) or isinstance(v, np.memmap) for v in cal.samples[3].values())
+    assert [s["count"].item() for s in cal.samples] == [0.0, 1.0, 2.0, 3.0]
+    assert [s["count"].item() for s in cal.samples[1:3]] == [1.0, 2.0] and cal.samples[-1]["count"].item() == 3.0
+    with pytest.raises(IndexError):
+        cal.samples[4]
+    del cal
+    gc.collect()
+    assert not folder.exists()
+
+
+def test_percentile_tails_give_exactly_the_percentiles_of_all_values() -> None:
+    """`_percentile_ranges` keeps each sample's extremes only; its percentiles equal np.percentile of everything."""
+    from stexport.targets._tflite_quant import _VALUES_PER_SAMPLE, RANGE_PERCENTILE, _Extremes
+
+    rng = np.random.default_rng(3)
+    for sizes in ([4096] * 128, [4096] * 3, [50] * 40, [7, 4096, 300, 4096, 1]):
+        parts = [rng.standard_t(2, n).astype(np.float32) for n in sizes]
+        e = _Extremes(len(sizes) * _VALUES_PER_SAMPLE)
+        for v in parts:
+            e.add(v)
+        want = np.percentile(np.concatenate(parts), [100 - RANGE_PERCENTILE, RANGE_PERCENTILE])
+        assert e.percentiles() == (float(want[0]), float(want[1]))
+        assert sum(k.size for k in e.kept) <= sum(min(n, 2 * e.k) for n in sizes)
 
 
 # ---- tiny exports: every quantizing path, fast ---------------------------------------------------------------------
