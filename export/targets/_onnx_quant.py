@@ -12,9 +12,12 @@
   the convs stayed ``DequantizeLinear -> Conv -> QuantizeLinear`` in float (measured 16x slower than fp32 on
   movinet_a0_stream, 1 thread). After quantization a ``Mul`` by a positive constant between a ``DequantizeLinear``
   and a ``QuantizeLinear`` (hard-swish's ``/ 6``) is folded into the readers' scale (`fold_constant_muls`): the same
-  integers, read at a scale ``c`` times larger.
+  integers, read at a scale ``c`` times larger. Before it, spatial means become GlobalAveragePool
+  (`spatial_means_as_pools`), which ONNX Runtime runs in int8 and NHWC.
 
-The state-update path (`stexport.calibration.state_path`) stays float32 in every precision.
+The state-update path (`stexport.calibration.state_path`) stays float32 in every precision, but for ``int8``'s
+buffer states (``StateSpec.kind == "buffer"``), which are carried in their activation's quantization (their
+concatenations and slices are integer ops; the state crosses the boundary as float32), as in the LiteRT export.
 """
 
 from __future__ import annotations
@@ -62,6 +65,37 @@ def _prepare(model: Any) -> None:
     model.graph.node.extend(keep)
     del model.graph.value_info[:]
     _unique_names(model)
+
+
+def spatial_means_as_pools(model: Any) -> int:
+    """In place: each ``ReduceMean`` over H and W of a 4D tensor becomes ``GlobalAveragePool`` (then ``Flatten``
+    where the mean dropped those axes). The same numbers; but ONNX Runtime runs a quantized GlobalAveragePool as
+    QLinearGlobalAveragePool, in int8 and in the NHWC layout of the convolutions around it, where a quantized
+    ReduceMean stays float32 between a dequantize and a quantize, after a transpose back to NCHW (MoViNet's
+    squeeze-excite means). Returns the number rewritten."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    g = model.graph
+    rank = {v.name: len(v.type.tensor_type.shape.dim)
+            for v in onnx.shape_inference.infer_shapes(model).graph.value_info if v.type.HasField("tensor_type")}
+    rank.update({v.name: len(v.type.tensor_type.shape.dim) for v in g.input})
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    nodes, done = [], 0
+    for n in g.node:
+        keepdims = next((a.i for a in n.attribute if a.name == "keepdims"), 1)
+        axes = inits.get(n.input[1]) if n.op_type == "ReduceMean" and len(n.input) == 2 else None
+        if axes is None or rank.get(n.input[0]) != 4 or sorted(int(a) % 4 for a in axes.ravel()) != [2, 3]:
+            nodes.append(n)
+            continue
+        pooled = n.output[0] if keepdims else f"{n.output[0]}_pooled"
+        nodes.append(helper.make_node("GlobalAveragePool", [n.input[0]], [pooled], name=f"{n.name}_pool"))
+        if not keepdims:
+            nodes.append(helper.make_node("Flatten", [pooled], [n.output[0]], name=f"{n.name}_flatten", axis=1))
+        done += 1
+    del g.node[:]
+    g.node.extend(nodes)
+    return done
 
 
 def _drop_duplicate_casts(model: Any) -> None:
@@ -119,9 +153,12 @@ def _drop_cast_round_trips(model: Any) -> int:
     return len(rename)
 
 
-def state_nodes(model: Any, spec: IOSpec) -> list[str]:
+def state_nodes(model: Any, spec: IOSpec, *, buffers: bool = True) -> list[str]:
+    """The state-update path's nodes; ``buffers=False``: the path of the other states only (an int8 export carries
+    a buffer in its activation's quantization, as the LiteRT one does)."""
     nodes = [Node(n.name, n.op_type, list(n.input), list(n.output)) for n in model.graph.node]
-    keep = state_path(nodes, spec.state_names, [s.output for s in spec.states], lambda op: op in WEIGHTED)
+    states = [s for s in spec.states if buffers or s.kind != "buffer"]
+    keep = state_path(nodes, [s.name for s in states], [s.output for s in states], lambda op: op in WEIGHTED)
     return sorted(keep)
 
 
@@ -333,7 +370,7 @@ def convert_precision(model: Any, spec: IOSpec, precision: str, calibration: Cal
     import onnx
 
     _prepare(model)
-    keep = state_nodes(model, spec) if spec.states else []
+    keep = state_nodes(model, spec, buffers=precision != "int8") if spec.states else []
     details: dict[str, Any] = {"tool": f"onnxruntime {package_version('onnxruntime')}",
                                "state_path_float32_ops": len(keep)}
     if precision == "fp16":
@@ -358,6 +395,8 @@ def convert_precision(model: Any, spec: IOSpec, precision: str, calibration: Cal
         elif precision == "int8":
             if calibration is None:
                 raise ValueError("int8 needs calibration samples")
+            details["spatial_means_as_pools"] = spatial_means_as_pools(model)
+            onnx.save(model, str(src))
             quantize_static(str(src), str(dst), _reader(calibration, spec.input_names), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             nodes_to_exclude=keep, calibrate_method=CalibrationMethod.Percentile,
