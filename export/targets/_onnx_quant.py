@@ -370,6 +370,7 @@ def convert_precision(model: Any, spec: IOSpec, precision: str, calibration: Cal
     import onnx
 
     _prepare(model)
+    pools = spatial_means_as_pools(model) if precision == "int8" else 0
     keep = state_nodes(model, spec, buffers=precision != "int8") if spec.states else []
     details: dict[str, Any] = {"tool": f"onnxruntime {package_version('onnxruntime')}",
                                "state_path_float32_ops": len(keep)}
@@ -395,8 +396,7 @@ def convert_precision(model: Any, spec: IOSpec, precision: str, calibration: Cal
         elif precision == "int8":
             if calibration is None:
                 raise ValueError("int8 needs calibration samples")
-            details["spatial_means_as_pools"] = spatial_means_as_pools(model)
-            onnx.save(model, str(src))
+            details["spatial_means_as_pools"] = pools
             quantize_static(str(src), str(dst), _reader(calibration, spec.input_names), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             nodes_to_exclude=keep, calibrate_method=CalibrationMethod.Percentile,
