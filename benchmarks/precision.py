@@ -10,10 +10,10 @@ motion7 test split: top-1 accuracy (last frame), top-1 agreement with PyTorch fp
 and max abs logit error vs PyTorch fp32; the artifact's size; the median time of one call at 1 thread (stream:
 one frame; clip: one 8-frame clip). Core ML runs only on macOS: elsewhere its rows hold the size only.
 
-``--drift N``: the fp16 ONNX and TFLite, int8 TFLite and ONNX Runtime, and fp32 TFLite stream artifacts and
-PyTorch float32 step through N frames (motion7 test clips back to back, state carried throughout; the last
-100 frames replay the first 100, so the two windows differ in state only), compared per frame with PyTorch in
-float64.
+``--drift N``: the fp16 ONNX and TFLite, int8 TFLite, ONNX Runtime and ExecuTorch, and fp32 TFLite stream
+artifacts and PyTorch float32 step through N frames (motion7 test clips back to back, state carried throughout;
+the last 100 frames replay the first 100, so the two windows differ in state only), compared per frame with
+PyTorch in float64.
 
 Writes ``<out>/rows.jsonl`` (one JSON row per export), ``<out>/table.md``, ``<out>/drift.json`` and ``<out>/drift.md``.
 """
@@ -135,7 +135,8 @@ def measure(name: str, target: str, precision: str, form: str, data: tuple[np.nd
 # computes in float32 on this CPU (XNNPACK's float16 arithmetic is an ARM feature).
 #: frames in each of the two windows compared (the first ones, and the last ones, which replay them)
 DRIFT_WINDOW = 100
-DRIFT_RUNTIMES = (("onnx", "fp16"), ("tflite", "fp16"), ("tflite", "int8"), ("onnx", "int8"), ("tflite", "fp32"))
+DRIFT_RUNTIMES = (("onnx", "fp16"), ("tflite", "fp16"), ("tflite", "int8"), ("onnx", "int8"), ("executorch", "int8"),
+                  ("tflite", "fp32"))
 
 
 def drift(name: str, frames: int, workdir: Path) -> dict[str, Any]:

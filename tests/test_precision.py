@@ -6,6 +6,7 @@ Marked slow: every motion7 model x target x precision, and a long fp16 stream.""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -219,6 +220,42 @@ def test_tiny_stream_exports_keep_float32_states(tmp_path: Path, target: str, pr
         producer = {o: n for n in graph.node for o in n.output}
         for s in m["states"]:  # state outputs come from float ops, never from a DequantizeLinear or a Cast
             assert producer[s["output"]].op_type in {"Add", "Concat", "Slice", "Identity", "Div", "Sub", "Mul"}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("executorch") is None, reason="needs the executorch extra")
+def test_executorch_runner_feeds_states_in_the_programs_memory_format(tmp_path: Path) -> None:
+    """The parity gate runs an ExecuTorch program before its manifest exists. The runtime reads an input in place
+    whatever its strides, so the runner reads each input's memory format from the program: a 4D state is
+    channels-last in an fp32 program and contiguous in an int8 one. (The runner had assumed channels-last for both
+    without a manifest; the trained MoViNet-A0's int8 export then failed its gate: err 12, tol 3, SNR 0.5 dB.)"""
+    import shutil
+
+    from stexport.targets._executorch import Runner
+
+    torch.manual_seed(0)
+    model = TinyStream().eval()
+    spec = build_spec(model, form="stream")
+    g = torch.Generator().manual_seed(3)
+    frames = torch.rand(3, *spec.inputs[0].shape, generator=g)
+    state = {k: torch.from_numpy(v) for k, v in spec.zero_state().items()}
+    with torch.no_grad():
+        for frame in frames[:2]:  # a state two frames in: a full buffer
+            _, state = model.step(frame, state)
+        want, _ = model.step(frames[2], state)
+    for precision, channels_last in (("fp32", {"buf"}), ("int8", set())):
+        bundle = stexport.export(model, target="executorch", precision=precision, out=tmp_path / precision, steps=8,
+                                 calibration_frames=24, progress=lambda s: None)
+        bare = tmp_path / f"bare_{precision}"  # the artifact alone, as the gate sees it
+        bare.mkdir()
+        artifact = shutil.copy(bundle / _manifest(bundle)["artifact"]["file"], bare)
+        runner = Runner(Path(artifact), spec)
+        assert runner.channels_last == channels_last
+        out = runner.run({"frame": frames[2].numpy(), **{k: v.numpy() for k, v in state.items()}})
+        kept = state["buf"][:, 8:].numpy()  # the buffer's shift: a copy (int8: to within its quantization steps)
+        step = 0.0 if precision == "fp32" else float(np.abs(kept).max()) / 127
+        np.testing.assert_allclose(out["buf_out"][:, :8], kept, rtol=0, atol=1.5 * step)
+        err = float(np.abs(out["logits"] - want.numpy()).max())
+        assert err <= (1e-4 if precision == "fp32" else 0.2 * float(want.abs().max())), (precision, err)
 
 
 def test_onnx_int8_carries_buffers_in_int8(tmp_path: Path) -> None:

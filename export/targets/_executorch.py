@@ -14,7 +14,6 @@ import torch
 
 from stexport.calibration import Calibration
 from stexport.errors import UnsupportedModelError
-from stexport.integrity import read_manifest
 from stexport.manifest import package_version
 from stexport.spec import GraphModule, IOSpec
 
@@ -86,6 +85,19 @@ def channels_last_inputs(spec: IOSpec) -> set[str]:
     return {s.name for s in spec.states if len(s.shape) == 4 and s.shape[1] > 1 and s.shape[2] * s.shape[3] > 1}
 
 
+def program_channels_last(path: Path, spec: IOSpec) -> set[str]:
+    """The inputs that the program at ``path`` takes in channels-last memory (dim order 0, 2, 3, 1), read from the
+    program itself. The runtime reads an input in place by its data pointer, whatever the strides of the tensor it
+    is given, so each input must arrive in the program's own format: channels-last states for fp32
+    (`channels_last_inputs`), contiguous ones for int8."""
+    from executorch.exir._serialize._program import deserialize_pte_binary
+
+    program = deserialize_pte_binary(path.read_bytes())
+    plan = getattr(program, "program", program).execution_plan[0]
+    orders = [tuple(plan.values[i].val.dim_order) for i in plan.inputs]
+    return {n for n, d in zip(spec.input_names, orders) if d == (0, 2, 3, 1)}
+
+
 class _ChannelsLastOutputs(torch.nn.Module):
     """``graph`` with the chosen outputs copied to channels-last memory (inside the XNNPACK delegate)."""
 
@@ -136,10 +148,7 @@ class Runner:
         use_threads(threads)
         self.method = Runtime.get().load_program(str(path)).load_method("forward")
         self.spec = spec
-        # the bundle's record of the program's memory formats; before the manifest is written (the parity gate),
-        # the fp32 rule: the runtime converts a channels-last tensor that an int8 program takes contiguous
-        self.channels_last = (set(read_manifest(path.parent)["converter"].get("channels_last_states", []))
-                              if (path.parent / "manifest.json").exists() else channels_last_inputs(spec))
+        self.channels_last = program_channels_last(path, spec)
         self.version = package_version("executorch")
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -158,7 +167,7 @@ class Runner:
 
 class TensorStepper:
     """The loop an app runs with ExecuTorch: the states live in tensors the stepper owns, in the program's memory
-    format (channels-last where the manifest's ``converter.channels_last_states`` says so), which the program reads
+    format (channels-last where the program takes it, `program_channels_last`), which the program reads
     in place (its inputs are not memory-planned); after each step the state outputs are copied into them. So each
     state is copied once per step, into memory allocated once: no numpy round trip, no layout copy, and no fresh
     output tensors (a clone per output per step, which in some processes' heaps also cost page faults: A2's 10.8 MB
