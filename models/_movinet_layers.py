@@ -60,7 +60,8 @@ class StepLayout:
     form would run as real transposes. Frames in a causal-conv buffer stack along H in both.
 
     ``integer=True`` writes the step with ops that integer (int8) kernels run, for full-integer exports: hard-swish
-    as ``relu6(x + 3) * x / 6`` (three int8 elementwise ops; XNNPACK has no int8 HARD_SWISH), spatial means as
+    as ``relu6(x + 3) * x / 6`` (three int8 elementwise ops; XNNPACK has no int8 HARD_SWISH; two where the model
+    folds the ``/ 6`` into the weights that read it, see `act`), spatial means as
     MEAN, and the strided residual average pool as a depthwise conv; for ExecuTorch (integer NCHW), zero pads as
     concatenations and hard-swish's constants at the activation's rank, so that its XNNPACK delegate keeps them in
     int8 and NHWC (`pad`, `act`). The float form keeps the single fused ops."""
@@ -121,16 +122,23 @@ class StepLayout:
         y = F.avg_pool2d(x.permute(0, 3, 1, 2), kernel, stride, padding, ceil_mode, count_include_pad)
         return y.permute(0, 2, 3, 1)
 
-    def act(self, x: Tensor, kind: Act) -> Tensor:
+    def act(self, x: Tensor, kind: Act, *, gain: float = 1.0) -> Tensor:
         """`activation` in this step form (hard-swish decomposed for integer kernels; written so that the TFLite
         converter does not fuse it back into HARD_SWISH). NCHW (ExecuTorch) adds and multiplies constants of
         ``x``'s rank: its XNNPACK layout pass runs a binary op whose other operand is not 4D (a scalar constant) in
-        NCHW, so each hard-swish took int8 transposes out of NHWC and back (209 on MoViNet-A0's step)."""
-        if kind == "hardswish" and self._executorch_int8():
-            ones = [1] * x.dim()
-            return F.relu6(x + x.new_full(ones, 3.0)) * x * x.new_full(ones, 1.0 / 6.0)
+        NCHW, so each hard-swish took int8 transposes out of NHWC and back (209 on MoViNet-A0's step).
+
+        ``gain`` 6 (integer hard-swish only): ``relu6(x + 3) * x``, six times the hard-swish, whose ``/ 6`` the
+        consumers have folded into their weights (`HARDSWISH_GAIN`): one int8 pass over the tensor fewer."""
+        if gain != 1.0 and not (kind == "hardswish" and self.integer and gain == HARDSWISH_GAIN):
+            raise ValueError(f"an activation gain of {gain} exists only for the integer hard-swish")
         if kind == "hardswish" and self.integer:
-            return F.relu6(x + 3.0) * x * (1.0 / 6.0)
+            ones = [1] * x.dim() if self._executorch_int8() else []
+            three = x.new_full(ones, 3.0) if ones else 3.0
+            y = F.relu6(x + three) * x
+            if gain == HARDSWISH_GAIN:
+                return y
+            return y * (x.new_full(ones, 1.0 / 6.0) if ones else 1.0 / 6.0)
         return activation(x, kind)
 
     def spatial_mean(self, x: Tensor) -> Tensor:
@@ -175,6 +183,8 @@ class StepLayout:
 
 
 NHWC, NCHW = StepLayout("nhwc"), StepLayout("nchw")
+#: what an integer step's hard-swish outputs are off by where their consumers fold the ``/ 6`` in (`StepLayout.act`)
+HARDSWISH_GAIN = 6.0
 
 
 def activation(x: Tensor, kind: Act) -> Tensor:
@@ -309,6 +319,7 @@ class ConvBlock(nn.Module):
             raise ValueError(f"conv_type must be '3d' or '2plus1d', got {conv_type!r}")
         for name in ("fused_w1", "fused_b1", "fused_w2", "fused_b2"):
             self.register_buffer(name, None, persistent=False)
+        self.gain = 1.0  # what ``step``'s activations are off by (`refold`)
 
     def _pads(self, h: int, w: int) -> tuple[int, int, int, int]:
         """TF-"same" padding of ``conv_1`` for an ``h x w`` input, as ``F.pad`` wants it: (left, right, top, bottom)."""
@@ -335,9 +346,13 @@ class ConvBlock(nn.Module):
         return activation(self.conv_2(y), self.act).reshape(n, co, t, ho, wo)
 
     # -- frame path (folded weights, 4D) ---------------------------------------------------------------------------
-    def refold(self, *, scale: Tensor | float = 1.0, shift: float = 0.0, in_scale: float = 1.0) -> None:
+    def refold(self, *, scale: Tensor | float = 1.0, shift: float = 0.0, in_scale: float = 1.0, gain: float = 1.0
+               ) -> None:
         """Rebuild ``fused_*``: BatchNorm folded; the last conv's output mapped to ``scale * y + shift``; the first
-        conv takes its input multiplied by ``in_scale`` (folded into its weight)."""
+        conv takes its input multiplied by ``in_scale`` (folded into its weight). ``gain``: ``step``'s activations
+        come out ``gain`` times too large (`StepLayout.act`); ``conv_2`` folds that out of its input, and what
+        reads this block's output must too."""
+        self.gain = gain
         w1, b1 = self.conv_1.folded()
         w1 = w1 * in_scale
         dtype = self.conv_1.conv.weight.dtype
@@ -345,6 +360,7 @@ class ConvBlock(nn.Module):
             w1, b1 = w1 * scale, b1 * scale + shift
         else:
             w2, b2 = self.conv_2.folded()
+            w2 = w2 / gain
             self.fused_w2, self.fused_b2 = (w2 * scale).to(dtype), (b2 * scale + shift).to(dtype)
         self.fused_w1, self.fused_b1 = w1.to(dtype), b1.to(dtype)
 
@@ -359,14 +375,14 @@ class ConvBlock(nn.Module):
         if pl != pr or pt != pb:
             x, pad = layout.pad(x, pads), (0, 0)
         y = layout.act(layout.conv(x, self.fused_w1, self.fused_b1, stride=self.stride, padding=pad,
-                               groups=self.groups), self.act)
+                               groups=self.groups), self.act, gain=self.gain)
         if self.conv_2 is None:
             return y, None
         assert buf is not None
         h = layout.hw(y)[0]
         z = torch.cat([buf, layout.stack(y, frames)], layout.h_axis)
         out = layout.conv(z, self.fused_w2, self.fused_b2, dilation=(h, 1), groups=self.groups)
-        return layout.unstack(layout.act(out, self.act), frames, h), layout.rows_from(z, frames * h)
+        return layout.unstack(layout.act(out, self.act, gain=self.gain), frames, h), layout.rows_from(z, frames * h)
 
 
 class TfAvgPool(nn.Module):
@@ -469,9 +485,11 @@ class SqueezeExcite(nn.Module):
         ``relu6(6 * (0.2 * y + 0.5))`` (one fused FULLY_CONNECTED + RELU6 in TFLite), i.e. 6x the gate."""
         return 1.0 / 6.0 if self.gate == "hardsigmoid" else 1.0
 
-    def refold(self) -> None:
-        """Rebuild ``fused_*`` as 2D linear weights; for the hard sigmoid, fc2 absorbs ``6 * (0.2 * y + 0.5)``."""
+    def refold(self, *, in_scale: float = 1.0) -> None:
+        """Rebuild ``fused_*`` as 2D linear weights; for the hard sigmoid, fc2 absorbs ``6 * (0.2 * y + 0.5)``;
+        fc1 takes the squeeze of an input multiplied by ``in_scale``."""
         w1, b1 = self.fc1.conv_1.folded()
+        w1 = w1 * in_scale
         w2, b2 = self.fc2.conv_1.folded()
         if self.gate == "hardsigmoid":
             w2, b2 = 1.2 * w2, 1.2 * b2 + 3.0
@@ -521,12 +539,17 @@ class Bneck(nn.Module):
         h = x if self.expand is None else self.expand(x)
         return res + self.alpha * self.project(self.se(self.deep(h)))
 
-    def refold(self) -> None:
-        for m in (self.expand, self.deep, *(self.res or ())):
+    def refold(self, *, act_gain: float = 1.0) -> None:
+        """``act_gain``: the gain of the expand and deep activations (`ConvBlock.refold`), folded out of what reads
+        them: the deep conv, the squeeze-excite and the projection (its running mean state carries the gain)."""
+        for m in self.res or ():
             if isinstance(m, ConvBlock):
                 m.refold()
-        self.se.refold()
-        self.project.refold(scale=self.alpha.detach().double(), in_scale=self.se.out_scale)
+        if self.expand is not None:
+            self.expand.refold(gain=act_gain)
+        self.deep.refold(in_scale=1.0 if self.expand is None else 1.0 / act_gain, gain=act_gain)
+        self.se.refold(in_scale=1.0 / act_gain)
+        self.project.refold(scale=self.alpha.detach().double(), in_scale=self.se.out_scale / act_gain)
 
     def step(self, x: Tensor, buf: Tensor | None, mean: Tensor, r: Tensor, *, frames: int = 1,
              layout: StepLayout = NHWC) -> tuple[Tensor, Tensor | None, Tensor]:

@@ -44,6 +44,9 @@ avg_pool2d and elementwise ops. ``step_layout`` (create_model option; ``with_ste
 channels last (``"nhwc"``: LiteRT, one XNNPACK partition with no layout transposes; the frame is permuted once) or
 second (``"nchw"``: ExecuTorch's XNNPACK partitioner, ONNX Runtime and Core ML, which convert layouts themselves and
 would run NHWC permutes as transposes). ``stexport.export`` picks the target's layout (`Target.step_layout`).
+``with_step_layout(..., integer=True)`` (full-int8 exports) writes the step with ops that int8 kernels run; there
+the blocks' hard-swishes leave out their ``/ 6``, which the weights that read them fold in, so in that form the
+deep buffers and the blocks' ``se_mean`` states hold six times the values above (same logits).
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ from torch import Tensor, nn
 from ._base import ClipModel, State, StreamModel, unpack_clip
 from ._movinet_config import SPECS, MoViNetSpec, same_out
 from ._movinet_layers import (
+    HARDSWISH_GAIN,
     Act,
     Bneck,
     ConvBlock,
@@ -273,8 +277,10 @@ class MoViNetStream(_Trunk, StreamModel):
         ``load_state_dict``, ``.to()/.double()/...``, and before an eager ``step`` if a parameter changed)."""
         self.conv1.refold()
         self.conv7.refold()
+        # integer step: the blocks' hard-swishes skip their "/ 6", folded into the weights that read them
+        gain = HARDSWISH_GAIN if self.layout.integer and self.conv1.act == "hardswish" else 1.0
         for _, blk in self.bnecks():
-            blk.refold()
+            blk.refold(act_gain=gain)
         dtype = self.conv1.conv_1.conv.weight.dtype
         dense9, dense10 = self.classifier[0], self.classifier[3]
         assert isinstance(dense9, ConvBlock) and isinstance(dense10, ConvBlock)
@@ -428,6 +434,7 @@ def _with_step_layout(model: M, name: str, *, integer: bool) -> M:
     for m in other.modules():
         if isinstance(m, MoViNetStream):
             m.layout = layout
+            m.refold()  # (the integer form folds differently)
     return other
 
 
