@@ -60,11 +60,9 @@ class StepLayout:
     form would run as real transposes. Frames in a causal-conv buffer stack along H in both.
 
     ``integer=True`` writes the step with ops that integer (int8) kernels run, for full-integer exports: hard-swish
-    as ``relu6(x + 3) * x / 6`` (three int8 elementwise ops; XNNPACK has no int8 HARD_SWISH; two where the model
-    folds the ``/ 6`` into the weights that read it, see `act`), spatial means as
-    MEAN, and the strided residual average pool as a depthwise conv; for ExecuTorch (integer NCHW), zero pads as
-    concatenations and hard-swish's constants at the activation's rank, so that its XNNPACK delegate keeps them in
-    int8 and NHWC (`pad`, `act`). The float form keeps the single fused ops."""
+    as ``relu6(x + 3) * x / 6`` for LiteRT and ONNX Runtime (see `act`), spatial means as MEAN, and the strided
+    residual average pool as a depthwise conv; for ExecuTorch (integer NCHW), zero pads as concatenations, so that
+    its XNNPACK delegate keeps them in int8 (`pad`). The float form keeps the single fused ops."""
 
     def __init__(self, name: str, *, integer: bool = False) -> None:
         if name not in ("nhwc", "nchw"):
@@ -122,23 +120,26 @@ class StepLayout:
         y = F.avg_pool2d(x.permute(0, 3, 1, 2), kernel, stride, padding, ceil_mode, count_include_pad)
         return y.permute(0, 2, 3, 1)
 
-    def act(self, x: Tensor, kind: Act, *, gain: float = 1.0) -> Tensor:
-        """`activation` in this step form (hard-swish decomposed for integer kernels; written so that the TFLite
-        converter does not fuse it back into HARD_SWISH). NCHW (ExecuTorch) adds and multiplies constants of
-        ``x``'s rank: its XNNPACK layout pass runs a binary op whose other operand is not 4D (a scalar constant) in
-        NCHW, so each hard-swish took int8 transposes out of NHWC and back (209 on MoViNet-A0's step).
+    @property
+    def hardswish_gain(self) -> float:
+        """What this form's hard-swish outputs are off by where the model folds the rest into the weights that
+        read them (`act`): `HARDSWISH_GAIN` in the integer NHWC form (LiteRT), 1 elsewhere."""
+        return HARDSWISH_GAIN if self.integer and self.channels_last else 1.0
 
-        ``gain`` 6 (integer hard-swish only): ``relu6(x + 3) * x``, six times the hard-swish, whose ``/ 6`` the
-        consumers have folded into their weights (`HARDSWISH_GAIN`): one int8 pass over the tensor fewer."""
-        if gain != 1.0 and not (kind == "hardswish" and self.integer and gain == HARDSWISH_GAIN):
-            raise ValueError(f"an activation gain of {gain} exists only for the integer hard-swish")
-        if kind == "hardswish" and self.integer:
-            ones = [1] * x.dim() if self._executorch_int8() else []
-            three = x.new_full(ones, 3.0) if ones else 3.0
-            y = F.relu6(x + three) * x
-            if gain == HARDSWISH_GAIN:
-                return y
-            return y * (x.new_full(ones, 1.0 / 6.0) if ones else 1.0 / 6.0)
+    def act(self, x: Tensor, kind: Act, *, gain: float = 1.0) -> Tensor:
+        """`activation` in this step form. Integer forms: ExecuTorch's XNNPACK delegate runs hard-swish in int8 as
+        one op (a table lookup; `stexport.targets._executorch_quant` quantizes it); LiteRT's and ONNX Runtime's
+        int8 kernels have none, so there it is ``relu6(x + 3) * x / 6`` (three int8 elementwise ops, written so
+        that the TFLite converter does not fuse them back into a float HARD_SWISH; ONNX Runtime folds the ``/ 6``
+        into the next convolution itself).
+
+        ``gain`` = `hardswish_gain` (the integer NHWC form): ``relu6(x + 3) * x``, six times the hard-swish, whose
+        ``/ 6`` the model has folded into the weights that read it: one int8 pass fewer."""
+        if gain != 1.0 and not (kind == "hardswish" and gain == self.hardswish_gain):
+            raise ValueError(f"an activation gain of {gain} exists only for the integer NHWC hard-swish")
+        if kind == "hardswish" and self.integer and not self._executorch_int8():
+            y = F.relu6(x + 3.0) * x
+            return y if gain == HARDSWISH_GAIN else y * (1.0 / 6.0)
         return activation(x, kind)
 
     def spatial_mean(self, x: Tensor) -> Tensor:

@@ -44,9 +44,9 @@ avg_pool2d and elementwise ops. ``step_layout`` (create_model option; ``with_ste
 channels last (``"nhwc"``: LiteRT, one XNNPACK partition with no layout transposes; the frame is permuted once) or
 second (``"nchw"``: ExecuTorch's XNNPACK partitioner, ONNX Runtime and Core ML, which convert layouts themselves and
 would run NHWC permutes as transposes). ``stexport.export`` picks the target's layout (`Target.step_layout`).
-``with_step_layout(..., integer=True)`` (full-int8 exports) writes the step with ops that int8 kernels run; there
-the blocks' hard-swishes leave out their ``/ 6``, which the weights that read them fold in, so in that form the
-deep buffers and the blocks' ``se_mean`` states hold six times the values above (same logits).
+``with_step_layout(..., integer=True)`` (full-int8 exports) writes the step with ops that int8 kernels run; in its
+NHWC form (LiteRT) the blocks' hard-swishes leave out their ``/ 6``, which the weights that read them fold in, so
+there the deep buffers and the blocks' ``se_mean`` states hold six times the values above (same logits).
 """
 
 from __future__ import annotations
@@ -64,7 +64,6 @@ from torch import Tensor, nn
 from ._base import ClipModel, State, StreamModel, unpack_clip
 from ._movinet_config import SPECS, MoViNetSpec, same_out
 from ._movinet_layers import (
-    HARDSWISH_GAIN,
     Act,
     Bneck,
     ConvBlock,
@@ -278,7 +277,7 @@ class MoViNetStream(_Trunk, StreamModel):
         self.conv1.refold()
         self.conv7.refold()
         # integer step: the blocks' hard-swishes skip their "/ 6", folded into the weights that read them
-        gain = HARDSWISH_GAIN if self.layout.integer and self.conv1.act == "hardswish" else 1.0
+        gain = self.layout.hardswish_gain if self.conv1.act == "hardswish" else 1.0
         for _, blk in self.bnecks():
             blk.refold(act_gain=gain)
         dtype = self.conv1.conv_1.conv.weight.dtype

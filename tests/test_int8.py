@@ -30,8 +30,9 @@ def _stream(model: torch.nn.Module, frames: torch.Tensor) -> torch.Tensor:
 @pytest.mark.parametrize("layout", ["nhwc", "nchw"])
 def test_integer_step_forms_compute_the_float_step(layout: str, one_thread: None) -> None:
     """Hard-swish as relu6(x + 3) * x / 6, MEAN and the depthwise residual pool are the same function as the float
-    forms (float32 rounding apart), stepped and as the 4D clip form. The blocks' hard-swishes skip their ``/ 6``
-    (folded into the weights that read them), so their buffers and running means are six times the float step's."""
+    forms (float32 rounding apart), stepped and as the 4D clip form. In the NHWC (LiteRT) form the blocks'
+    hard-swishes skip their ``/ 6`` (folded into the weights that read them), so their buffers and running means
+    are six times the float step's."""
     model = stexport.create_model("movinet_a0_stream_motion7")
     clip = torch.rand(1, 3, 6, 64, 64, generator=torch.Generator().manual_seed(0))
     ref = _stream(model.with_step_layout(layout), clip)
@@ -42,8 +43,10 @@ def test_integer_step_forms_compute_the_float_step(layout: str, one_thread: None
         assert (integer(clip) - ref[:, -1]).abs().max() < 1e-5
         _, want = model.with_step_layout(layout).step(clip[:, :, 0], model.init_state(1))
         _, got = integer.step(clip[:, :, 0], integer.init_state(1))
+    gain = 6.0 if layout == "nhwc" else 1.0
+    assert integer.layout.hardswish_gain == gain
     for k in ("b1_l0_deep_buf", "b1_l0_se_mean"):
-        assert (got[k] - 6 * want[k]).abs().max() < 1e-5 * float(want[k].abs().max()) * 6, k
+        assert (got[k] - gain * want[k]).abs().max() < 1e-5 * float(want[k].abs().max()) * gain, k
     assert (got["head_mean"] - want["head_mean"]).abs().max() < 1e-5
 
 

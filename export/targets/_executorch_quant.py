@@ -60,12 +60,13 @@ def _pad_feeders(gm: torch.fx.GraphModule) -> set[str]:
 
 def _int8_extras(config: Any, allowed: Any) -> Any:
     """A quantizer run after the XNNPACK one, for ops it leaves float32 although XNNPACK runs them in int8:
-    ``hardtanh`` / ``clamp`` (hard-swish's relu6 in the integer step form), ``narrow`` / ``slice`` (online TSM's
-    channel shift), each with its output sharing the input's quantization, and ``mean.dim`` over H, W with
-    keepdim (XNNPACK's quantized global average pooling). Without them each hard-swish and spatial mean leaves
-    the int8 graph through a dequantize / quantize pair; and a slice left float gets the quantization its
-    consumer observed, which differs from its input's: XNNPACK then refuses to build the int8 slice ("failed to
-    create static slice node") and the program does not load."""
+    ``hardtanh`` / ``clamp`` (relu6), ``narrow`` / ``slice`` (online TSM's channel shift), each with its output
+    sharing the input's quantization; ``mean.dim`` over H, W with keepdim (XNNPACK's quantized global average
+    pooling) and ``hardswish`` (XNNPACK's int8 hard-swish, a table lookup), each with its own output
+    quantization. Without them each hard-swish and spatial mean leaves the int8 graph through a dequantize /
+    quantize pair; and a slice left float gets the quantization its consumer observed, which differs from its
+    input's: XNNPACK then refuses to build the int8 slice ("failed to create static slice node") and the
+    program does not load."""
     from torchao.quantization.pt2e.quantizer import QuantizationAnnotation, Quantizer, SharedQuantizationSpec
     from torchao.quantization.pt2e.quantizer.quantizer import Q_ANNOTATION_KEY
     from torchao.quantization.pt2e.quantizer.utils import get_input_act_qspec, get_output_act_qspec
@@ -73,11 +74,12 @@ def _int8_extras(config: Any, allowed: Any) -> Any:
     shared = {torch.ops.aten.hardtanh.default, torch.ops.aten.clamp.default, torch.ops.aten.narrow.default,
               torch.ops.aten.slice.Tensor}  # output quantization = the input's
     means = {torch.ops.aten.mean.dim}
+    own = {torch.ops.aten.hardswish.default}  # output quantization observed on its own
 
     class Extras(Quantizer):
         def annotate(self, gm: torch.fx.GraphModule) -> torch.fx.GraphModule:
             for n in gm.graph.nodes:
-                if n.op != "call_function" or n.target not in shared | means or not allowed(n):
+                if n.op != "call_function" or n.target not in shared | means | own or not allowed(n):
                     continue
                 if Q_ANNOTATION_KEY in n.meta and n.meta[Q_ANNOTATION_KEY]._annotated:
                     continue
@@ -88,9 +90,7 @@ def _int8_extras(config: Any, allowed: Any) -> Any:
                     dims = sorted(d % x.meta["val"].dim() for d in n.args[1])
                     if x.meta["val"].dim() != 4 or dims != [2, 3] or not (len(n.args) > 2 and n.args[2]):
                         continue
-                    out: Any = get_output_act_qspec(config)
-                else:
-                    out = SharedQuantizationSpec((x, n))
+                out = get_output_act_qspec(config) if n.target in means | own else SharedQuantizationSpec((x, n))
                 n.meta[Q_ANNOTATION_KEY] = QuantizationAnnotation(
                     input_qspec_map={x: get_input_act_qspec(config)}, output_qspec=out, _annotated=True)
             return gm
