@@ -58,18 +58,18 @@ def profile(bundle: Path, *, steps: int = 30) -> dict[str, Any]:
     from stexport.integrity import checked_artifact, read_manifest
     from stexport.quiet import captured_output
     from stexport.spec import IOSpec
-    from stexport.targets._executorch import TensorStepper, use_threads
+    from stexport.targets._executorch import TensorStepper, program_channels_last, use_threads
 
     manifest = read_manifest(bundle)
     if manifest["target"] != "executorch":
         raise ValueError(f"{bundle} is a {manifest['target']} bundle; give an executorch one")
     spec = IOSpec.from_json(manifest)
     use_threads(1)
-    module = portable_lib._load_for_executorch(str(checked_artifact(bundle, manifest)), enable_etdump=True,
-                                               debug_buffer_size=0)
+    artifact = checked_artifact(bundle, manifest)
+    module = portable_lib._load_for_executorch(str(artifact), enable_etdump=True, debug_buffer_size=0)
     # the app's loop (`TensorStepper`), over the traced module instead of `executorch.runtime.Method`
     stepper = TensorStepper(partial(module.forward, clone_outputs=False), spec,
-                            channels_last=set(manifest["converter"].get("channels_last_states", [])))
+                            channels_last=program_channels_last(artifact, spec))
     rng = np.random.default_rng(0)
 
     def random_input(shape: tuple[int, ...], dtype: str) -> np.ndarray:

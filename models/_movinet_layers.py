@@ -130,8 +130,8 @@ class StepLayout:
         """`activation` in this step form. Integer forms: ExecuTorch's XNNPACK delegate runs hard-swish in int8 as
         one op (a table lookup; `stexport.targets._executorch_quant` quantizes it); LiteRT's and ONNX Runtime's
         int8 kernels have none, so there it is ``relu6(x + 3) * x / 6`` (three int8 elementwise ops, written so
-        that the TFLite converter does not fuse them back into a float HARD_SWISH; ONNX Runtime folds the ``/ 6``
-        into the next convolution itself).
+        that the TFLite converter does not fuse them back into a float HARD_SWISH; the ONNX int8 export folds the
+        ``/ 6`` into its readers' quantization scale itself).
 
         ``gain`` = `hardswish_gain` (the integer NHWC form): ``relu6(x + 3) * x``, six times the hard-swish, whose
         ``/ 6`` the model has folded into the weights that read it: one int8 pass fewer."""
