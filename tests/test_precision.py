@@ -612,7 +612,7 @@ def test_executorch_int8_hardswish_is_one_int8_op() -> None:
     the one delegate call (XNNPACK runs it in int8, as a table lookup), in NHWC (the only layout
     copies are the graph's input and output), and the program computes what the quantized module does. Before, it
     was relu6(x + 3) * x / 6: on MoViNet-A0's int8 step 153 int8 multiplies took 0.57 ms of 2.7; with it the step
-    went from 0.99x to 0.87x its fp32 (`open_stream`, 1 thread, 7 interleaved rounds)."""
+    went from 1.00x to 0.74x its fp32 (the benchmark's state loop, 1 thread, 300 frames)."""
     from executorch.extension.pybindings.portable_lib import _load_for_executorch_from_buffer
 
     from stexport.models._movinet_layers import StepLayout
