@@ -80,11 +80,12 @@ def spatial_means_as_pools(model: Any) -> int:
     rank = {v.name: len(v.type.tensor_type.shape.dim)
             for v in onnx.shape_inference.infer_shapes(model).graph.value_info if v.type.HasField("tensor_type")}
     rank.update({v.name: len(v.type.tensor_type.shape.dim) for v in g.input})
-    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    inits = {i.name: i for i in g.initializer}  # (only a ReduceMean's axes are read: no weight is converted)
     nodes, done = [], 0
     for n in g.node:
         keepdims = next((a.i for a in n.attribute if a.name == "keepdims"), 1)
-        axes = inits.get(n.input[1]) if n.op_type == "ReduceMean" and len(n.input) == 2 else None
+        axes = (numpy_helper.to_array(inits[n.input[1]])
+                if n.op_type == "ReduceMean" and len(n.input) == 2 and n.input[1] in inits else None)
         if axes is None or rank.get(n.input[0]) != 4 or sorted(int(a) % 4 for a in axes.ravel()) != [2, 3]:
             nodes.append(n)
             continue
