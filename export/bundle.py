@@ -1,13 +1,17 @@
 """Atomic bundle writes: everything goes into a hidden staging folder that is renamed into place only when complete.
 
 A failed export (converter error, failed parity gate, interrupt) removes the staging folder, so
-``<out>/<model>/<target>/`` is either a complete bundle or what was there before.
+``<out>/<model>/<target>/`` is either a complete bundle or what was there before. An export killed outright
+(SIGKILL, power loss) cannot clean up: its hidden folders carry its process id, and the next export to the same
+place deletes them once that process is gone, first putting back the bundle it was replacing if it died between
+moving that one aside and moving the new one in.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -18,7 +22,8 @@ from pathlib import Path
 def staged_bundle(final: Path) -> Iterator[Path]:
     """Yield a staging folder beside ``final``; on success replace ``final`` with it, on failure delete it."""
     final.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-", dir=final.parent))
+    recover(final)
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-{os.getpid()}-", dir=final.parent))
     try:
         yield staging
     except BaseException:
@@ -31,3 +36,36 @@ def staged_bundle(final: Path) -> Iterator[Path]:
     os.replace(staging, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
+
+
+def recover(final: Path) -> list[Path]:
+    """Clean up after exports to ``final`` that were killed before they could: a bundle moved aside and not
+    replaced goes back to ``final``; their staging folders and other set-aside bundles are deleted. Only folders of
+    processes that no longer run are touched. Returns what was removed or restored."""
+    done = []
+    for old in sorted(final.parent.glob(f".{final.name}.old-*")):
+        if _orphaned(old):
+            if final.exists():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(old, final)
+            done.append(old)
+    for part in final.parent.glob(f".{final.name}.partial-*"):
+        if _orphaned(part):
+            shutil.rmtree(part, ignore_errors=True)
+            done.append(part)
+    return done
+
+
+def _orphaned(path: Path) -> bool:
+    """``path`` (``.<name>.partial-<pid>-...`` or ``.<name>.old-<pid>``) belongs to a process that no longer runs."""
+    m = re.search(r"\.(?:partial|old)-(\d+)", path.name)
+    if m is None or int(m.group(1)) == os.getpid():
+        return False
+    try:
+        os.kill(int(m.group(1)), 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # alive under another user, or no way to tell: leave it
+        return False
+    return False

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -111,6 +112,28 @@ def test_tiny_stream_and_clip_export(tmp_path: Path, target: str) -> None:
             assert [s["output"] for s in manifest["states"]] == [s["name"] + "_out" for s in manifest["states"]]
         assert (bundle / "labels.txt").read_text().splitlines()[0] == "class_0"
     assert not list(tmp_path.rglob(".*partial*"))
+
+
+def test_a_killed_export_leaves_the_previous_bundle(tmp_path: Path) -> None:
+    """An export killed (no cleanup) after moving the old bundle aside, or while staging: the next export to the
+    same place puts the old bundle back and deletes the dead process's folders, before it fails or succeeds itself;
+    a live process's folders are left alone."""
+    from stexport.bundle import staged_bundle
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    final = tmp_path / "m" / "onnx"
+    final.parent.mkdir(parents=True)
+    old = final.parent / f".onnx.old-{dead.pid}"
+    old.mkdir()
+    (old / "manifest.json").write_text("{}")
+    (final.parent / f".onnx.partial-{dead.pid}-x").mkdir()
+    alive = final.parent / f".onnx.partial-{os.getppid()}-y"
+    alive.mkdir()
+    with pytest.raises(RuntimeError), staged_bundle(final):
+        raise RuntimeError("this export fails too")
+    assert (final / "manifest.json").read_text() == "{}"
+    assert sorted(p.name for p in final.parent.iterdir()) == sorted(["onnx", alive.name])
 
 
 @pytest.mark.parametrize("target", ["onnx", "tflite", "executorch"])
