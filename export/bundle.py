@@ -60,7 +60,7 @@ def recover(final: Path) -> list[Path]:
 def _orphaned(path: Path) -> bool:
     """``path`` (``.<name>.partial-<pid>-...`` or ``.<name>.old-<pid>``) belongs to a process that no longer runs."""
     m = re.search(r"\.(?:partial|old)-(\d+)", path.name)
-    if m is None or int(m.group(1)) == os.getpid():
+    if m is None or int(m.group(1)) == os.getpid() or os.name == "nt":  # (Windows: os.kill would terminate it)
         return False
     try:
         os.kill(int(m.group(1)), 0)
