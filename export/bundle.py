@@ -3,8 +3,8 @@
 A failed export (converter error, failed parity gate, interrupt) removes the staging folder, so
 ``<out>/<model>/<target>/`` is either a complete bundle or what was there before. An export killed outright
 (SIGKILL, power loss) cannot clean up: its hidden folders carry its process id, and the next export to the same
-place deletes them once that process is gone, first putting back the bundle it was replacing if it died between
-moving that one aside and moving the new one in.
+place deletes them once that process is gone (and they have been idle for an hour), first putting back the bundle
+it was replacing if it died between moving that one aside and moving the new one in.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,14 +59,32 @@ def recover(final: Path) -> list[Path]:
 
 
 def _orphaned(path: Path) -> bool:
-    """``path`` (``.<name>.partial-<pid>-...`` or ``.<name>.old-<pid>``) belongs to a process that no longer runs."""
+    """``path`` (``.<name>.partial-<pid>-...`` or ``.<name>.old-<pid>``) was left by a killed export."""
     m = re.search(r"\.(?:partial|old)-(\d+)", path.name)
-    if m is None or int(m.group(1)) == os.getpid() or os.name == "nt":  # (Windows: os.kill would terminate it)
+    return m is not None and abandoned(path, int(m.group(1)))
+
+
+#: a folder untouched for this long (seconds) whose process is gone counts as abandoned
+IDLE_SECONDS = 3600.0
+
+
+def abandoned(folder: Path, pid: int) -> bool:
+    """``folder``, made by process ``pid``, was left behind: no process ``pid`` runs here and nothing in the folder
+    changed for `IDLE_SECONDS` (a process id seen from another PID namespace sharing the folder, a container's,
+    looks gone: the idle time keeps a running export's folder safe). False whenever that cannot be told (another
+    user's process, or Windows, where ``os.kill`` would terminate it), and for this process."""
+    if pid == os.getpid() or os.name == "nt":
         return False
     try:
-        os.kill(int(m.group(1)), 0)
+        os.kill(pid, 0)
     except ProcessLookupError:
-        return True
-    except OSError:  # alive under another user, or no way to tell: leave it
+        pass
+    except OSError:
         return False
-    return False
+    else:
+        return False
+    try:
+        last = max(p.stat().st_mtime for p in [folder, *folder.rglob("*")])
+    except OSError:  # removed meanwhile
+        return False
+    return time.time() - last > IDLE_SECONDS

@@ -21,6 +21,8 @@ running mean or counter would drift or saturate over a long stream. Weighted com
 
 from __future__ import annotations
 
+import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -32,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from stexport.bundle import abandoned
 from stexport.errors import StexportError
 from stexport.frames import preprocess, synthetic_frames
 from stexport.models._registry import ModelEntry, Preprocess
@@ -51,6 +54,23 @@ class CalibrationError(StexportError):
     """Calibration frames could not be read."""
 
 
+#: a `SampleStore`'s folder in the system's temporary folder: this, the process id, "-", a random suffix
+STORE_PREFIX = "stexport-calibration-"
+
+
+def remove_orphaned_stores() -> list[Path]:
+    """Delete the sample folders of exports killed before they could (SIGKILL: no finalizer runs; a stream model's
+    samples take gigabytes), those of processes that no longer run (`stexport.bundle.abandoned`). Returns the
+    folders removed."""
+    gone = []
+    for folder in Path(tempfile.gettempdir()).glob(f"{STORE_PREFIX}*"):
+        m = re.match(re.escape(STORE_PREFIX) + r"(\d+)-", folder.name)
+        if m is not None and abandoned(folder, int(m.group(1))):
+            shutil.rmtree(folder, ignore_errors=True)
+            gone.append(folder)
+    return gone
+
+
 class SampleStore(Sequence[dict[str, np.ndarray]]):
     """Up to ``capacity`` calibration samples (feeds: input name -> array, the same names and shapes in each), kept in
     memory-mapped files in a temporary folder that goes with the store. A stream sample holds every state (75 MB
@@ -60,7 +80,8 @@ class SampleStore(Sequence[dict[str, np.ndarray]]):
     def __init__(self, capacity: int) -> None:
         self.capacity, self._len = capacity, 0
         self._columns: dict[str, np.memmap] = {}
-        self.folder = Path(tempfile.mkdtemp(prefix="stexport-calibration-"))
+        remove_orphaned_stores()
+        self.folder = Path(tempfile.mkdtemp(prefix=f"{STORE_PREFIX}{os.getpid()}-"))
         self._cleanup = weakref.finalize(self, shutil.rmtree, self.folder, True)
 
     def append(self, feeds: dict[str, np.ndarray]) -> None:

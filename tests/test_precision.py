@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +182,30 @@ def test_calibration_samples_live_in_files_that_go_with_them() -> None:
     del cal
     gc.collect()
     assert not folder.exists()
+
+
+def test_killed_exports_samples_go_with_the_next_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A killed export leaves its sample folder (no finalizer runs on SIGKILL): the next store removes the folders
+    of processes that no longer run, once idle for an hour, and leaves a running one's."""
+    import tempfile
+
+    from stexport.calibration import STORE_PREFIX
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    left, recent = tmp_path / f"{STORE_PREFIX}{dead.pid}-abc", tmp_path / f"{STORE_PREFIX}{dead.pid}-ghi"
+    running = tmp_path / f"{STORE_PREFIX}{os.getppid()}-def"
+    for folder in (left, recent, running):
+        (folder / "0.npy").parent.mkdir()
+        (folder / "0.npy").write_bytes(b"")
+    for path in (left, left / "0.npy", running, running / "0.npy"):  # untouched for two hours
+        os.utime(path, (time.time() - 7200, time.time() - 7200))
+    store = SampleStore(2)
+    # gone: the dead process's idle folder; kept: one it touched within the hour (a process of another PID
+    # namespace sharing the folder can look dead), and a running process's
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([recent.name, running.name, store.folder.name])
+    assert store.folder.name.startswith(f"{STORE_PREFIX}{os.getpid()}-")
 
 
 def test_percentile_tails_give_exactly_the_percentiles_of_all_values() -> None:

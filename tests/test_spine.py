@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -130,6 +131,8 @@ def test_a_killed_export_leaves_the_previous_bundle(tmp_path: Path) -> None:
     (final.parent / f".onnx.partial-{dead.pid}-x").mkdir()
     alive = final.parent / f".onnx.partial-{os.getppid()}-y"
     alive.mkdir()
+    for path in final.parent.rglob("*"):  # untouched for two hours (`stexport.bundle.IDLE_SECONDS`)
+        os.utime(path, (time.time() - 7200, time.time() - 7200))
     with pytest.raises(RuntimeError), staged_bundle(final):
         raise RuntimeError("this export fails too")
     assert (final / "manifest.json").read_text() == "{}"
