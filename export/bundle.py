@@ -41,8 +41,8 @@ def staged_bundle(final: Path) -> Iterator[Path]:
 
 def recover(final: Path) -> list[Path]:
     """Clean up after exports to ``final`` that were killed before they could: a bundle moved aside and not
-    replaced goes back to ``final``; their staging folders and other set-aside bundles are deleted. Only folders of
-    processes that no longer run are touched. Returns what was removed or restored."""
+    replaced goes back to ``final``; their staging folders and other set-aside bundles are deleted. Only `abandoned`
+    folders are touched. Returns what was removed or restored."""
     done = []
     for old in sorted(final.parent.glob(f".{final.name}.old-*")):
         if _orphaned(old):
@@ -77,11 +77,10 @@ def abandoned(folder: Path, pid: int) -> bool:
         return False
     try:
         os.kill(pid, 0)
+        return False  # it runs
     except ProcessLookupError:
         pass
     except OSError:
-        return False
-    else:
         return False
     try:
         last = max(p.stat().st_mtime for p in [folder, *folder.rglob("*")])
