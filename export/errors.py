@@ -35,3 +35,13 @@ class BundleError(StexportError):
 class InputError(StexportError):
     """A tensor fed to a stream does not match the manifest (name, shape, dtype) or is not finite; the stream's
     state is left as it was."""
+
+
+def refuse_passed_through(passed: dict[str, str], why: str) -> None:
+    """Raise `UnsupportedModelError` if an artifact returns a state input as a state output (``passed``: output name
+    -> input name): the step returned that state unchanged, and ``why`` says how the runtime gets it wrong."""
+    if passed:
+        pairs = ", ".join(f"{o} is input {i}" for o, i in passed.items())
+        raise UnsupportedModelError(
+            f"the step returns state input(s) unchanged ({pairs}): {why}. Compute each state in the step, or drop a "
+            "state that never changes")

@@ -139,6 +139,28 @@ def test_a_killed_export_leaves_the_previous_bundle(tmp_path: Path) -> None:
     assert sorted(p.name for p in final.parent.iterdir()) == sorted(["onnx", alive.name])
 
 
+class _Unchanged(TinyStream):
+    """TinyStream with a state its step returns unchanged."""
+
+    def init_state(self, batch_size: int = 1) -> dict[str, torch.Tensor]:
+        return {**super().init_state(batch_size), "fixed": torch.zeros(batch_size, 4)}
+
+    def step(self, frame: torch.Tensor, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        logits, new = super().step(frame, {k: v for k, v in state.items() if k != "fixed"})
+        return logits, {**new, "fixed": state["fixed"]}
+
+
+@pytest.mark.parametrize("target", ["tflite", "executorch"])
+def test_a_state_returned_unchanged_is_refused(tmp_path: Path, target: str) -> None:
+    """A state output that is the state input itself: LiteRT's CompiledModel reads it from the output buffer and
+    ExecuTorch returns zeros for it, so the export stops with an error naming it, and writes no bundle."""
+    from stexport.errors import UnsupportedModelError
+
+    with pytest.raises(UnsupportedModelError, match="fixed_out is input fixed"):
+        _export(_Unchanged().eval(), target, tmp_path)
+    assert not list((tmp_path / "_unchanged").iterdir())  # no bundle, no staging folder
+
+
 @pytest.mark.parametrize("target", ["onnx", "tflite", "executorch"])
 def test_stepper_keeps_state_in_the_runtime(tmp_path: Path, target: str) -> None:
     """`stexport.streaming.stepper`: the runtime's own state loop (LiteRT tensor buffers, ORT IOBinding, ExecuTorch's

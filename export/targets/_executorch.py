@@ -13,7 +13,7 @@ import numpy as np
 import torch
 
 from stexport.calibration import Calibration
-from stexport.errors import UnsupportedModelError
+from stexport.errors import UnsupportedModelError, refuse_passed_through
 from stexport.manifest import package_version
 from stexport.spec import GraphModule, IOSpec
 
@@ -50,6 +50,10 @@ def convert(graph: GraphModule, spec: IOSpec, path: Path, *, precision: str, met
         # copied into the program's memory (A2's 10.8 MB of states per step: its state loop 1.22x -> 1.10x LiteRT's)
         et = lowered.to_executorch(ExecutorchBackendConfig(
             memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False)))
+    plan = et.executorch_program.execution_plan[0]
+    names = {v: n for v, n in zip(plan.inputs, spec.input_names)}
+    refuse_passed_through({o: names[v] for o, v in zip(spec.output_names, plan.outputs) if v in names},
+                          f"executorch {package_version('executorch')} returns zeros for such an output")
     path.write_bytes(et.buffer)
     delegated = sum(1 for n in lowered.exported_program().graph.nodes
                     if n.op == "call_function" and "executorch_call_delegate" in str(n.target))

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from stexport.calibration import Calibration
+from stexport.errors import refuse_passed_through
 from stexport.manifest import package_version
 from stexport.spec import GraphModule, IOSpec
 
@@ -27,6 +28,8 @@ def convert(graph: GraphModule, spec: IOSpec, path: Path, *, precision: str, met
     finally:
         graph.as_dict = False
     edge.export(str(path))
+    refuse_passed_through(passed_through(path), "LiteRT's CompiledModel (and LiteRT.js) reads such a tensor from the "
+                          "buffer bound to the output, not from the one the app feeds")
     facts: dict[str, Any] = {"converter": "litert-torch", "litert_torch": package_version("litert-torch") or "unknown",
                              "signature": SIGNATURE}
     if precision != "fp32":
@@ -34,6 +37,19 @@ def convert(graph: GraphModule, spec: IOSpec, path: Path, *, precision: str, met
 
         facts["precision"] = quantize(path, spec, precision, calibration, io=io)
     return facts
+
+
+def passed_through(path: Path) -> dict[str, str]:
+    """``{output name: input name}`` for the signature outputs that are an input tensor itself (a state the step
+    returns unchanged: the converter drops any identity op)."""
+    from ai_edge_litert import schema_py_generated as fb
+
+    model = fb.Model.GetRootAsModel(Path(path).read_bytes(), 0)
+    sig = next(model.SignatureDefs(i) for i in range(model.SignatureDefsLength())
+               if model.SignatureDefs(i).SignatureKey().decode() == SIGNATURE)
+    ins = {sig.Inputs(i).TensorIndex(): sig.Inputs(i).Name().decode() for i in range(sig.InputsLength())}
+    outs = {sig.Outputs(i).Name().decode(): sig.Outputs(i).TensorIndex() for i in range(sig.OutputsLength())}
+    return {name: ins[t] for name, t in outs.items() if t in ins}
 
 
 def boundary_dtypes(path: Path, spec: IOSpec) -> dict[str, str]:
