@@ -197,7 +197,7 @@ def test_killed_exports_samples_go_with_the_next_store(tmp_path: Path, monkeypat
     left, recent = tmp_path / f"{STORE_PREFIX}{dead.pid}-abc", tmp_path / f"{STORE_PREFIX}{dead.pid}-ghi"
     running = tmp_path / f"{STORE_PREFIX}{os.getppid()}-def"
     for folder in (left, recent, running):
-        (folder / "0.npy").parent.mkdir()
+        folder.mkdir()
         (folder / "0.npy").write_bytes(b"")
     for path in (left, left / "0.npy", running, running / "0.npy"):  # untouched for two hours
         os.utime(path, (time.time() - 7200, time.time() - 7200))
