@@ -39,23 +39,19 @@ def staged_bundle(final: Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def recover(final: Path) -> list[Path]:
+def recover(final: Path) -> None:
     """Clean up after exports to ``final`` that were killed before they could: a bundle moved aside and not
     replaced goes back to ``final``; their staging folders and other set-aside bundles are deleted. Only `abandoned`
-    folders are touched. Returns what was removed or restored."""
-    done = []
+    folders are touched."""
     for old in sorted(final.parent.glob(f".{final.name}.old-*")):
         if _orphaned(old):
             if final.exists():
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(old, final)
-            done.append(old)
     for part in final.parent.glob(f".{final.name}.partial-*"):
         if _orphaned(part):
             shutil.rmtree(part, ignore_errors=True)
-            done.append(part)
-    return done
 
 
 def _orphaned(path: Path) -> bool:

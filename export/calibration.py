@@ -58,17 +58,13 @@ class CalibrationError(StexportError):
 STORE_PREFIX = "stexport-calibration-"
 
 
-def remove_orphaned_stores() -> list[Path]:
+def remove_orphaned_stores() -> None:
     """Delete the sample folders of exports killed before they could (SIGKILL: no finalizer runs; a stream model's
-    samples take gigabytes), those of processes that no longer run (`stexport.bundle.abandoned`). Returns the
-    folders removed."""
-    gone = []
+    samples take gigabytes), those of processes that no longer run (`stexport.bundle.abandoned`)."""
     for folder in Path(tempfile.gettempdir()).glob(f"{STORE_PREFIX}*"):
         m = re.match(re.escape(STORE_PREFIX) + r"(\d+)-", folder.name)
         if m is not None and abandoned(folder, int(m.group(1))):
             shutil.rmtree(folder, ignore_errors=True)
-            gone.append(folder)
-    return gone
 
 
 class SampleStore(Sequence[dict[str, np.ndarray]]):

@@ -42,9 +42,9 @@ def convert(graph: GraphModule, spec: IOSpec, path: Path, *, precision: str, met
 def passed_through(path: Path) -> dict[str, str]:
     """``{output name: input name}`` for the signature outputs that are an input tensor itself (a state the step
     returns unchanged: the converter drops any identity op)."""
-    from ai_edge_litert import schema_py_generated as fb
+    from stexport.graphcheck import _tflite_model
 
-    model = fb.Model.GetRootAsModel(Path(path).read_bytes(), 0)
+    model = _tflite_model(path)
     sig = next(model.SignatureDefs(i) for i in range(model.SignatureDefsLength())
                if model.SignatureDefs(i).SignatureKey().decode() == SIGNATURE)
     ins = {sig.Inputs(i).TensorIndex(): sig.Inputs(i).Name().decode() for i in range(sig.InputsLength())}
