@@ -150,10 +150,11 @@ class _Unchanged(TinyStream):
         return logits, {**new, "fixed": state["fixed"]}
 
 
-@pytest.mark.parametrize("target", ["tflite", "executorch"])
+@pytest.mark.parametrize("target", ["tflite", "executorch", "coreml"])
 def test_a_state_returned_unchanged_is_refused(tmp_path: Path, target: str) -> None:
-    """A state output that is the state input itself: LiteRT's CompiledModel reads it from the output buffer and
-    ExecuTorch returns zeros for it, so the export stops with an error naming it, and writes no bundle."""
+    """A state output that is the state input itself: LiteRT's CompiledModel reads it from the output buffer,
+    ExecuTorch returns zeros for it and coremltools cannot name it, so the export stops with an error naming it,
+    and writes no bundle."""
     from stexport.errors import UnsupportedModelError
 
     with pytest.raises(UnsupportedModelError, match="fixed_out is input fixed"):

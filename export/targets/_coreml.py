@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from stexport.calibration import Calibration, Node, state_path
+from stexport.errors import refuse_passed_through
 from stexport.spec import GraphModule, IOSpec
 
 WEIGHTED = frozenset({"conv", "conv_transpose", "linear", "matmul"})
@@ -64,6 +65,8 @@ def convert(graph: GraphModule, spec: IOSpec, path: Path, *, precision: str, met
     args = tuple(example[n] for n in spec.input_names)
     with torch.no_grad():
         program = torch.export.export(graph, args, strict=False).run_decompositions({})
+    refuse_passed_through(passed_through(program, spec), "coremltools cannot give an ML program output the name of "
+                          "an input it returns as it is")
     kept: set[str] = set()
     compute = (ct.transform.FP16ComputePrecision(op_selector=_fp16_selector(spec, kept)) if precision == "fp16"
                else ct.precision.FLOAT32)
@@ -86,6 +89,14 @@ def convert(graph: GraphModule, spec: IOSpec, path: Path, *, precision: str, met
                               "compute": "float16 (state-update path and boundary float32)",
                               "state_path_float32_ops": len(kept)}
     return facts
+
+
+def passed_through(program: torch.export.ExportedProgram, spec: IOSpec) -> dict[str, str]:
+    """Output name -> input name for each output of ``program`` that is one of its inputs, returned as it is."""
+    inputs = dict(zip(program.graph_signature.user_inputs, spec.input_names))
+    outputs = next(n for n in program.graph.nodes if n.op == "output").args[0]
+    return {o: inputs[v.name] for o, v in zip(spec.output_names, outputs)
+            if isinstance(v, torch.fx.Node) and v.op == "placeholder" and v.name in inputs}
 
 
 def boundary_dtypes(path: Path, spec: IOSpec) -> dict[str, str]:
