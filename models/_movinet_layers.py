@@ -81,6 +81,14 @@ class StepLayout:
     def from_nchw(self, x: Tensor) -> Tensor:
         return x.permute(0, 2, 3, 1) if self.channels_last else x
 
+    def frame(self, x: Tensor) -> Tensor:
+        """The input frame ``[N, 3, H, W]`` in this layout. ExecuTorch int8: copied to channels-last memory first,
+        so that its XNNPACK delegate transposes it in float32 before quantizing it (a 3-channel int8 transpose took
+        0.076 ms of A0's step, the float32 one 0.047)."""
+        if self._executorch_int8():
+            return torch.ops.aten._to_copy.default(x, memory_format=torch.channels_last)
+        return self.from_nchw(x)
+
     def hw(self, x: Tensor) -> tuple[int, int]:
         return (int(x.shape[1]), int(x.shape[2])) if self.channels_last else (int(x.shape[2]), int(x.shape[3]))
 

@@ -310,7 +310,7 @@ class MoViNetStream(_Trunk, StreamModel):
     def step(self, frame: Tensor, state: State) -> tuple[Tensor, State]:
         """``frame [N, 3, H, W]`` and ``state`` (see the module docstring) -> (logits ``[N, K]`` of frames 0..t,
         new state). 4D tensors only; does not modify ``state``."""
-        x = self.layout.from_nchw(frame)
+        x = self.layout.frame(frame)
         if not is_tracing():
             self._ensure_folded()
             self.check_frame(frame)

@@ -188,6 +188,32 @@ def test_stepper_keeps_state_in_the_runtime(tmp_path: Path, target: str) -> None
         np.testing.assert_array_equal(v, state[k])
 
 
+def test_executorch_stepper_runs_on_the_public_method_api(tmp_path: Path) -> None:
+    """The ExecuTorch stepper calls the runtime's private binding (no output clones); a runtime without it gets
+    the public ``Method.execute``, with the same logits and state."""
+    from stexport.spec import IOSpec
+    from stexport.streaming import stepper
+
+    bundle = _export(TinyStream().eval(), "executorch", tmp_path)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    spec = IOSpec.from_json(manifest)
+    runner = TARGETS["executorch"].load().Runner(bundle / manifest["artifact"]["file"], spec)
+    fast = stepper(runner)
+
+    class Public:  # the method as the public API shows it
+        def __init__(self, method: object) -> None:
+            self.execute = method.execute  # type: ignore[attr-defined]
+
+    runner.method = Public(runner.method)
+    public = stepper(runner)
+    g = torch.Generator().manual_seed(5)
+    for _ in range(5):
+        frame = torch.rand(spec.inputs[0].shape, generator=g).numpy()
+        np.testing.assert_array_equal(public.step({"frame": frame}), fast.step({"frame": frame}))
+    for k, v in fast.state().items():
+        np.testing.assert_array_equal(public.state()[k], v)
+
+
 def test_golden_replays_through_onnx(tmp_path: Path) -> None:
     """What an app does: decode golden frames, preprocess per manifest, carry state, compare logits."""
     from stexport.targets._onnx import Runner

@@ -164,9 +164,11 @@ class Runner:
 
     def stepper(self) -> TensorStepper:
         """A `stexport.streaming.Stepper` that carries the state as the runtime's own tensors (see `TensorStepper`)."""
-        # the binding's `call` without cloning: `Method.execute` would return every output as a fresh tensor
-        return TensorStepper(partial(self.method._method.call, clone_outputs=False), self.spec,
-                             channels_last=self.channels_last)
+        # the binding's `call` without cloning (`Method.execute` returns every output as a fresh tensor); that
+        # binding is private, so a runtime without it gets `execute`: slower, same results
+        binding = getattr(self.method, "_method", None)
+        run = self.method.execute if binding is None else partial(binding.call, clone_outputs=False)
+        return TensorStepper(run, self.spec, channels_last=self.channels_last)
 
 
 class TensorStepper:
