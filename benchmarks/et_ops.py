@@ -58,7 +58,7 @@ def profile(bundle: Path, *, steps: int = 30) -> dict[str, Any]:
     from stexport.integrity import checked_artifact, read_manifest
     from stexport.quiet import captured_output
     from stexport.spec import IOSpec
-    from stexport.targets._executorch import TensorStepper, program_channels_last, use_threads
+    from stexport.targets._executorch import TensorStepper, program_facts, use_threads
 
     manifest = read_manifest(bundle)
     if manifest["target"] != "executorch":
@@ -68,8 +68,9 @@ def profile(bundle: Path, *, steps: int = 30) -> dict[str, Any]:
     artifact = checked_artifact(bundle, manifest)
     module = portable_lib._load_for_executorch(str(artifact), enable_etdump=True, debug_buffer_size=0)
     # the app's loop (`TensorStepper`), over the traced module instead of `executorch.runtime.Method`
-    stepper = TensorStepper(partial(module.forward, clone_outputs=False), spec,
-                            channels_last=program_channels_last(artifact, spec))
+    channels_last, in_place = program_facts(artifact, spec)
+    stepper = TensorStepper(partial(module.forward, clone_outputs=False), spec, channels_last=channels_last,
+                            in_place=in_place)
     rng = np.random.default_rng(0)
 
     def random_input(shape: tuple[int, ...], dtype: str) -> np.ndarray:

@@ -214,6 +214,70 @@ def test_executorch_stepper_runs_on_the_public_method_api(tmp_path: Path) -> Non
         np.testing.assert_array_equal(public.state()[k], v)
 
 
+class _OneDelegate(TinyStream):
+    """TinyStream written with ops that ExecuTorch's XNNPACK delegate takes all of (its taps and its count's step as
+    4D buffers): the program is one delegate call."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("taps", torch.tensor([0.2, -0.5, 1.0]).reshape(3, 1, 1, 1).repeat(1, 8, 1, 1))
+        self.register_buffer("one", torch.ones(1, 1, 1, 1))
+
+    def step(self, frame: torch.Tensor, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        y = torch.relu(self.conv(frame))
+        buf = state["buf"]
+        mixed = self.taps[0:1] * buf[:, :8] + self.taps[1:2] * buf[:, 8:] + self.taps[2:3] * y
+        count = state["count"] + self.one
+        pool = state["pool"] + (mixed.mean((2, 3), keepdim=True) - state["pool"]) / count
+        return self.fc(pool.flatten(1)), {"buf": torch.cat([buf[:, 8:], y], 1), "pool": pool, "count": count}
+
+
+class _WrittenFirst(_OneDelegate):
+    """A state whose new value is computed before the step reads the old one."""
+
+    def init_state(self, batch_size: int = 1) -> dict[str, torch.Tensor]:
+        return {**super().init_state(batch_size), "last": torch.zeros(batch_size, 8)}
+
+    def step(self, frame: torch.Tensor, state: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        last = torch.relu(self.conv(frame)).mean((2, 3))  # the state output, written first
+        logits, new = super().step(frame, {k: v for k, v in state.items() if k != "last"})
+        return logits + self.fc(state["last"] * 0.5), {**new, "last": last}
+
+
+@pytest.mark.parametrize("model,in_place", [(_OneDelegate, True), (_WrittenFirst, False), (TinyStream, False)])
+def test_executorch_feeds_state_outputs_back_in_place_when_the_step_allows(tmp_path: Path, model: type,
+                                                                           in_place: bool) -> None:
+    """An ExecuTorch program whose every state output is written after the last read of its input lets the stepper
+    pass each step's state outputs (in the program's memory) back as the next inputs, with no copy; another stepper
+    or `run` on the same program first takes that state out. A program that writes a state output before it has read
+    the input keeps the copying loop, and so does a program with kernels outside its delegate (TinyStream's
+    parameter selects), whose planned memory other tensors may share. All give exactly the stateless ``run``'s
+    logits and state."""
+    from stexport.spec import IOSpec
+    from stexport.streaming import stepper
+
+    bundle = _export(model().eval(), "executorch", tmp_path)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["converter"]["state_outputs_feed_back_in_place"] is in_place
+    spec = IOSpec.from_json(manifest)
+    runner = TARGETS["executorch"].load().Runner(bundle / manifest["artifact"]["file"], spec)
+    assert runner.in_place is in_place
+    a, b = stepper(runner), stepper(runner)
+    assert a.in_place is b.in_place is in_place
+    state_a, state_b = spec.zero_state(), spec.zero_state()
+    g = torch.Generator().manual_seed(6)
+    for t in range(6):
+        fa, fb = (torch.rand(spec.inputs[0].shape, generator=g).numpy() for _ in range(2))
+        np.testing.assert_array_equal(a.step({"frame": fa}), (ra := runner.run({"frame": fa, **state_a}))["logits"])
+        if t % 2:  # b steps between a's steps, and a `run` between b's
+            np.testing.assert_array_equal(b.step({"frame": fb}), (rb := runner.run({"frame": fb, **state_b}))["logits"])
+            state_b = {s.name: rb[s.output] for s in spec.states}
+        state_a = {s.name: ra[s.output] for s in spec.states}
+    for st, want in ((a, state_a), (b, state_b)):
+        for k, v in st.state().items():
+            np.testing.assert_array_equal(v, want[k])
+
+
 def test_golden_replays_through_onnx(tmp_path: Path) -> None:
     """What an app does: decode golden frames, preprocess per manifest, carry state, compare logits."""
     from stexport.targets._onnx import Runner

@@ -44,23 +44,26 @@ def convert(graph: GraphModule, spec: IOSpec, path: Path, *, precision: str, met
         from stexport.targets._executorch_quant import quantize
 
         program, details = quantize(graph, spec, args, precision, calibration)
+    ordered = bool(spec.states) and states_read_before_written(program, spec)
     with torch.no_grad():
-        lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+        lowered = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()],
+                                              constant_methods={ORDERED_METHOD: ordered})
         # inputs not memory-planned: the program reads each input tensor in place, where a planned input is first
         # copied into the program's memory (A2's 10.8 MB of states per step: its state loop 1.22x -> 1.10x LiteRT's)
         et = lowered.to_executorch(ExecutorchBackendConfig(
             memory_planning_pass=MemoryPlanningPass(alloc_graph_input=False)))
-    plan = et.executorch_program.execution_plan[0]
+    plan = next(p for p in et.executorch_program.execution_plan if p.name == "forward")
     names = {v: n for v, n in zip(plan.inputs, spec.input_names)}
     refuse_passed_through({o: names[v] for o, v in zip(spec.output_names, plan.outputs) if v in names},
                           f"executorch {package_version('executorch')} returns zeros for such an output")
     path.write_bytes(et.buffer)
+    in_place = ordered and _one_delegate_call(plan)
     delegated = sum(1 for n in lowered.exported_program().graph.nodes
                     if n.op == "call_function" and "executorch_call_delegate" in str(n.target))
     facts: dict[str, Any] = {"converter": "torch.export + executorch (XNNPACK)",
                              "executorch": package_version("executorch"), "method": "forward",
                              "delegate_calls": delegated, "inputs_memory_planned": False,
-                             "channels_last_states": sorted(cl_in)}
+                             "channels_last_states": sorted(cl_in), "state_outputs_feed_back_in_place": in_place}
     if details is not None:
         left: dict[str, int] = {}
         for n in lowered.exported_program().graph.nodes:
@@ -89,17 +92,82 @@ def channels_last_inputs(spec: IOSpec) -> set[str]:
     return {s.name for s in spec.states if len(s.shape) == 4 and s.shape[1] > 1 and s.shape[2] * s.shape[3] > 1}
 
 
-def program_channels_last(path: Path, spec: IOSpec) -> set[str]:
-    """The inputs that the program at ``path`` takes in channels-last memory (dim order 0, 2, 3, 1), read from the
-    program itself. The runtime reads an input in place by its data pointer, whatever the strides of the tensor it
-    is given, so each input must arrive in the program's own format: channels-last states for fp32
-    (`channels_last_inputs`), contiguous ones for int8."""
+#: a constant method of every stream program: True if each state output is written only after the step has read the
+#: state input for the last time (`states_read_before_written`)
+ORDERED_METHOD = "stexport_states_read_before_written"
+_VIEWS = frozenset(getattr(torch.ops.aten, n) for n in (
+    "view", "_unsafe_view", "reshape", "permute", "expand", "alias", "_to_copy", "clone", "squeeze", "unsqueeze",
+    "flatten", "t", "transpose"))
+_ELEMENTWISE = frozenset(getattr(torch.ops.aten, n) for n in (
+    "add", "sub", "mul", "div", "clamp", "hardtanh", "relu", "minimum", "maximum"))
+
+
+def states_read_before_written(program: torch.export.ExportedProgram, spec: IOSpec) -> bool:
+    """Whether, in ``program``'s node order (which its XNNPACK delegate runs in), every read of each state input comes
+    before the first op that may write that state's output: then the runtime may take the output tensor of one step
+    as the input of the next (the same memory) without a copy. The first writer is the output's producer, or the
+    earliest of the layout copies and views before it (XNNPACK drops those that change nothing); a read is any op on
+    the input or on a view of it. An elementwise op may be both the last read and the writer (it reads each element
+    before it writes it)."""
+    nodes = list(program.graph.nodes)
+    order = {n: i for i, n in enumerate(nodes)}
+    placeholders = dict(zip(program.graph_signature.user_inputs, spec.input_names))
+    by_input = {placeholders[n.name]: n for n in nodes if n.op == "placeholder" and n.name in placeholders}
+    outputs = dict(zip(spec.output_names, next(n for n in nodes if n.op == "output").args[0]))
+
+    def packet(n: torch.fx.Node) -> Any:
+        return getattr(n.target, "overloadpacket", None)
+
+    for st in spec.states:
+        reads, todo = -1, [by_input[st.name]]
+        while todo:
+            for user in todo.pop().users:
+                if user.op != "output":
+                    reads = max(reads, order[user])
+                    if packet(user) in _VIEWS:
+                        todo.append(user)
+        writer = outputs[st.output]
+        while packet(writer) in _VIEWS and isinstance(writer.args[0], torch.fx.Node):
+            writer = writer.args[0]
+        if writer.op != "call_function":
+            return False
+        if reads > order[writer] or (reads == order[writer] and packet(writer) not in _ELEMENTWISE):
+            return False
+    return True
+
+
+def _one_delegate_call(plan: Any) -> bool:
+    """Whether the execution plan runs one delegate call and no kernel: then the state outputs are the only tensors
+    of the program's planned memory, which no other op reuses while a step runs."""
+    from executorch.exir.schema import DelegateCall, KernelCall
+
+    calls = [i.instr_args for c in plan.chains for i in c.instructions]
+    return (sum(isinstance(c, DelegateCall) for c in calls) == 1
+            and not any(isinstance(c, KernelCall) for c in calls))
+
+
+def program_facts(path: Path, spec: IOSpec) -> tuple[set[str], bool]:
+    """Read from the program at ``path`` itself: (the inputs it takes in channels-last memory, dim order 0, 2, 3, 1;
+    whether an app may feed its state outputs back as the next step's state inputs, in place).
+
+    The runtime reads an input in place by its data pointer, whatever the strides of the tensor it is given, so each
+    input must arrive in the program's own format: channels-last states for fp32 (`channels_last_inputs`), contiguous
+    ones for int8. In place: `ORDERED_METHOD` says so, and the program is one delegate call."""
     from executorch.exir._serialize._program import deserialize_pte_binary
 
     program = deserialize_pte_binary(path.read_bytes())
-    plan = getattr(program, "program", program).execution_plan[0]
+    plans = {p.name: p for p in getattr(program, "program", program).execution_plan}
+    plan = plans["forward"]
     orders = [tuple(plan.values[i].val.dim_order) for i in plan.inputs]
-    return {n for n, d in zip(spec.input_names, orders) if d == (0, 2, 3, 1)}
+    channels_last = {n for n, d in zip(spec.input_names, orders) if d == (0, 2, 3, 1)}
+    ordered = ORDERED_METHOD in plans and bool(_constant_of(plans[ORDERED_METHOD]))
+    return channels_last, ordered and _one_delegate_call(plan)
+
+
+def _constant_of(plan: Any) -> Any:
+    """The value a constant method returns."""
+    value = plan.values[plan.outputs[0]].val
+    return getattr(value, "bool_val", getattr(value, "int_val", None))
 
 
 class _ChannelsLastOutputs(torch.nn.Module):
@@ -152,10 +220,19 @@ class Runner:
         use_threads(threads)
         self.method = Runtime.get().load_program(str(path)).load_method("forward")
         self.spec = spec
-        self.channels_last = program_channels_last(path, spec)
+        self.channels_last, self.in_place = program_facts(path, spec)
         self.version = package_version("executorch")
+        self._resident: TensorStepper | None = None  # the stepper whose state lives in the program's memory
+
+    def _claim(self, stepper: TensorStepper | None) -> None:
+        """Before ``stepper`` (None: `run`) runs the program, which rewrites the program's output memory: a stepper
+        whose state still lives there takes it out first."""
+        if self._resident is not None and self._resident is not stepper:
+            self._resident.take_state_out()
+        self._resident = stepper if stepper is not None and stepper.in_place else None
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._claim(None)
         args = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.spec.input_names]
         args = [a.contiguous(memory_format=torch.channels_last) if n in self.channels_last else a
                 for n, a in zip(self.spec.input_names, args)]
@@ -165,37 +242,60 @@ class Runner:
     def stepper(self) -> TensorStepper:
         """A `stexport.streaming.Stepper` that carries the state as the runtime's own tensors (see `TensorStepper`)."""
         # the binding's `call` without cloning (`Method.execute` returns every output as a fresh tensor); that
-        # binding is private, so a runtime without it gets `execute`: slower, same results
+        # binding is private, so a runtime without it gets `execute`: slower (and no state in place), same results
         binding = getattr(self.method, "_method", None)
-        run = self.method.execute if binding is None else partial(binding.call, clone_outputs=False)
-        return TensorStepper(run, self.spec, channels_last=self.channels_last)
+        if binding is None:
+            return TensorStepper(self.method.execute, self.spec, channels_last=self.channels_last)
+        return TensorStepper(partial(binding.call, clone_outputs=False), self.spec, channels_last=self.channels_last,
+                             in_place=self.in_place, claim=self._claim)
 
 
 class TensorStepper:
-    """The loop an app runs with ExecuTorch: the states live in tensors the stepper owns, in the program's memory
-    format (channels-last where the program takes it, `program_channels_last`), which the program reads
-    in place (its inputs are not memory-planned); after each step the state outputs are copied into them. So each
-    state is copied once per step, into memory allocated once: no numpy round trip, no layout copy, and no fresh
-    output tensors (a clone per output per step, which in some processes' heaps also cost page faults: A2's 10.8 MB
-    a step). ``run(args)`` runs method ``forward`` and may return outputs that live in the program's memory."""
+    """The loop an app runs with ExecuTorch, the states in the program's memory format (channels-last where the
+    program takes it, `program_facts`), read by the program in place (its inputs are not memory-planned).
+
+    ``in_place`` (the program allows it, `program_facts`): each step's state outputs, which live in the program's
+    memory, are the next step's state inputs as they are: no copy at all (A2: 10.8 MB a step; its state loop
+    0.80x, A0's 0.85x). Else the stepper owns one tensor per state and copies the outputs into it after each step,
+    into memory allocated once: no numpy round trip, no layout copy, and no fresh output tensors.
+
+    ``run(args)`` runs method ``forward`` and may return outputs that live in the program's memory; ``claim(self)``
+    is called before each step by whoever shares that program (`Runner`), so that another stepper's state in its
+    memory is taken out first (`take_state_out`)."""
 
     def __init__(self, run: Callable[[list[torch.Tensor]], Sequence[torch.Tensor]], spec: IOSpec, *,
-                 channels_last: set[str]) -> None:
-        self.run, self.spec = run, spec
+                 channels_last: set[str], in_place: bool = False,
+                 claim: Callable[[TensorStepper], None] | None = None) -> None:
+        self.run, self.spec, self.in_place, self._claim = run, spec, in_place, claim
         self._names = spec.input_names
         self._state_out = [spec.output_names.index(s.output) for s in spec.states]
         self._logits = spec.output_names.index("logits")
         zero = {n: torch.from_numpy(v) for n, v in spec.zero_state().items()}
-        self._state = {n: v.clone(memory_format=torch.channels_last if n in channels_last else torch.contiguous_format)
-                       for n, v in zero.items()}
-        self._mine = [self._state[s.name] for s in spec.states]
+        self._own = {n: v.clone(memory_format=torch.channels_last if n in channels_last else torch.contiguous_format)
+                     for n, v in zero.items()}
+        self._state = dict(self._own)  # what the next step reads: the stepper's tensors or the program's outputs
 
     def step(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
+        if self._claim is not None:
+            self._claim(self)
         args = [self._state[n] if n in self._state else torch.from_numpy(np.ascontiguousarray(feeds[n]))
                 for n in self._names]
         outs = self.run(args)
-        torch._foreach_copy_(self._mine, [outs[i] for i in self._state_out])  # one call for every state
+        new = [outs[i] for i in self._state_out]
+        if self.in_place:
+            self._state = {s.name: o for s, o in zip(self.spec.states, new)}
+        else:
+            torch._foreach_copy_([self._own[s.name] for s in self.spec.states], new)  # one call for every state
         return outs[self._logits].detach().numpy().copy()
+
+    def take_state_out(self) -> None:
+        """Copy a state that lives in the program's memory into the stepper's own tensors (before another run of
+        the program overwrites it)."""
+        if any(self._state[n] is not v for n, v in self._own.items()):
+            torch._foreach_copy_(list(self._own.values()), [self._state[n] for n in self._own])
+            self._state = dict(self._own)
 
     def state(self) -> dict[str, np.ndarray]:
         return {n: np.array(v.detach().numpy(), order="C") for n, v in self._state.items()}
+
+
