@@ -15,7 +15,8 @@ buffers as the next step's inputs (ping-pong, no copy). ``Runner.stepper()`` giv
 the artifact against the manifest's sha256 before it runs.
 
 LiteRT (``CompiledModel`` tensor buffers) and ONNX Runtime (``IOBinding`` with ``OrtValue``) keep the state in
-place; ExecuTorch copies each state output into a tensor the stepper owns, which the program reads in place
+place; ExecuTorch passes each step's state outputs back as the next inputs where the program allows it (it writes
+every state output after its last read of the input), else copies them into tensors the stepper owns
 (`stexport.targets._executorch.TensorStepper`); any other runner falls back to `CopyStepper`. A clip-form runner
 steps clips (no state).
 """
