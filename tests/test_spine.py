@@ -264,18 +264,29 @@ def test_executorch_feeds_state_outputs_back_in_place_when_the_step_allows(tmp_p
     assert runner.in_place is in_place
     a, b = stepper(runner), stepper(runner)
     assert a.in_place is b.in_place is in_place
-    state_a, state_b = spec.zero_state(), spec.zero_state()
     g = torch.Generator().manual_seed(6)
-    for t in range(6):
-        fa, fb = (torch.rand(spec.inputs[0].shape, generator=g).numpy() for _ in range(2))
-        np.testing.assert_array_equal(a.step({"frame": fa}), (ra := runner.run({"frame": fa, **state_a}))["logits"])
-        if t % 2:  # b steps between a's steps, and a `run` between b's
-            np.testing.assert_array_equal(b.step({"frame": fb}), (rb := runner.run({"frame": fb, **state_b}))["logits"])
-            state_b = {s.name: rb[s.output] for s in spec.states}
-        state_a = {s.name: ra[s.output] for s in spec.states}
-    for st, want in ((a, state_a), (b, state_b)):
+    frames = [torch.rand(spec.inputs[0].shape, generator=g).numpy() for _ in range(9)]
+    got_a = [a.step({"frame": f}) for f in frames[:4]]  # consecutive steps: in place
+    got_b = [b.step({"frame": f}) for f in frames[4:6]]  # b's first step takes a's state out
+    got_a += [a.step({"frame": f}) for f in frames[6:9]]  # and a's takes b's out
+
+    def chain(fs: list[np.ndarray]) -> tuple[list[np.ndarray], dict[str, np.ndarray]]:
+        """The stateless run, the state carried by hand (its first call takes a's state out)."""
+        state, logits = spec.zero_state(), []
+        for f in fs:
+            out = runner.run({"frame": f, **state})
+            logits.append(out["logits"])
+            state = {s.name: out[s.output] for s in spec.states}
+        return logits, state
+
+    want_a, state_a = chain(frames[:4] + frames[6:9])
+    want_b, state_b = chain(frames[4:6])
+    for got, want in ((got_a, want_a), (got_b, want_b)):
+        for x, y in zip(got, want, strict=True):
+            np.testing.assert_array_equal(x, y)
+    for st, state in ((a, state_a), (b, state_b)):
         for k, v in st.state().items():
-            np.testing.assert_array_equal(v, want[k])
+            np.testing.assert_array_equal(v, state[k])
 
 
 def test_golden_replays_through_onnx(tmp_path: Path) -> None:
