@@ -169,6 +169,14 @@ def build_spec(model: VideoModel, *, form: Form, batch_size: int = 1) -> IOSpec:
     return IOSpec("stream", ins, outs, tuple(states))
 
 
+def exported_io(program: torch.export.ExportedProgram, spec: IOSpec) -> tuple[dict[str, torch.fx.Node], dict[str, Any]]:
+    """(``program``'s input placeholders, its output values), each by the spec's tensor name."""
+    names = dict(zip(program.graph_signature.user_inputs, spec.input_names))
+    inputs = {names[n.name]: n for n in program.graph.nodes if n.op == "placeholder" and n.name in names}
+    outputs = dict(zip(spec.output_names, next(n for n in program.graph.nodes if n.op == "output").args[0]))
+    return inputs, outputs
+
+
 class GraphModule(nn.Module):
     """A module whose ``forward`` takes exactly the spec's inputs (positional or by name) and returns the outputs.
 

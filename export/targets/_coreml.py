@@ -18,7 +18,7 @@ import torch
 
 from stexport.calibration import Calibration, Node, state_path
 from stexport.errors import refuse_passed_through
-from stexport.spec import GraphModule, IOSpec
+from stexport.spec import GraphModule, IOSpec, exported_io
 
 WEIGHTED = frozenset({"conv", "conv_transpose", "linear", "matmul"})
 
@@ -93,10 +93,9 @@ def convert(graph: GraphModule, spec: IOSpec, path: Path, *, precision: str, met
 
 def passed_through(program: torch.export.ExportedProgram, spec: IOSpec) -> dict[str, str]:
     """Output name -> input name for each output of ``program`` that is one of its inputs, returned as it is."""
-    inputs = dict(zip(program.graph_signature.user_inputs, spec.input_names))
-    outputs = next(n for n in program.graph.nodes if n.op == "output").args[0]
-    return {o: inputs[v.name] for o, v in zip(spec.output_names, outputs)
-            if isinstance(v, torch.fx.Node) and v.op == "placeholder" and v.name in inputs}
+    inputs, outputs = exported_io(program, spec)
+    by_node = {v: k for k, v in inputs.items()}
+    return {o: by_node[v] for o, v in outputs.items() if isinstance(v, torch.fx.Node) and v in by_node}
 
 
 def boundary_dtypes(path: Path, spec: IOSpec) -> dict[str, str]:

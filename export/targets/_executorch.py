@@ -15,7 +15,7 @@ import torch
 from stexport.calibration import Calibration
 from stexport.errors import UnsupportedModelError, refuse_passed_through
 from stexport.manifest import package_version
-from stexport.spec import GraphModule, IOSpec
+from stexport.spec import GraphModule, IOSpec, exported_io
 
 
 def convert(graph: GraphModule, spec: IOSpec, path: Path, *, precision: str, metadata: dict[str, str],
@@ -92,8 +92,8 @@ def channels_last_inputs(spec: IOSpec) -> set[str]:
     return {s.name for s in spec.states if len(s.shape) == 4 and s.shape[1] > 1 and s.shape[2] * s.shape[3] > 1}
 
 
-#: a constant method of every stream program: True if each state output is written only after the step has read the
-#: state input for the last time (`states_read_before_written`)
+#: a constant method of every program: True if it has states and each state output is written only after the step
+#: has read the state input for the last time (`states_read_before_written`)
 ORDERED_METHOD = "stexport_states_read_before_written"
 _VIEWS = frozenset(getattr(torch.ops.aten, n) for n in (
     "view", "_unsafe_view", "reshape", "permute", "expand", "alias", "_to_copy", "clone", "squeeze", "unsqueeze",
@@ -109,11 +109,8 @@ def states_read_before_written(program: torch.export.ExportedProgram, spec: IOSp
     earliest of the layout copies and views before it (XNNPACK drops those that change nothing); a read is any op on
     the input or on a view of it. An elementwise op may be both the last read and the writer (it reads each element
     before it writes it)."""
-    nodes = list(program.graph.nodes)
-    order = {n: i for i, n in enumerate(nodes)}
-    placeholders = dict(zip(program.graph_signature.user_inputs, spec.input_names))
-    by_input = {placeholders[n.name]: n for n in nodes if n.op == "placeholder" and n.name in placeholders}
-    outputs = dict(zip(spec.output_names, next(n for n in nodes if n.op == "output").args[0]))
+    order = {n: i for i, n in enumerate(program.graph.nodes)}
+    by_input, outputs = exported_io(program, spec)
 
     def packet(n: torch.fx.Node) -> Any:
         return getattr(n.target, "overloadpacket", None)
@@ -160,14 +157,9 @@ def program_facts(path: Path, spec: IOSpec) -> tuple[set[str], bool]:
     plan = plans["forward"]
     orders = [tuple(plan.values[i].val.dim_order) for i in plan.inputs]
     channels_last = {n for n, d in zip(spec.input_names, orders) if d == (0, 2, 3, 1)}
-    ordered = ORDERED_METHOD in plans and bool(_constant_of(plans[ORDERED_METHOD]))
+    flag = plans.get(ORDERED_METHOD)  # a constant method: its one output is the value
+    ordered = flag is not None and flag.values[flag.outputs[0]].val.bool_val
     return channels_last, ordered and _one_delegate_call(plan)
-
-
-def _constant_of(plan: Any) -> Any:
-    """The value a constant method returns."""
-    value = plan.values[plan.outputs[0]].val
-    return getattr(value, "bool_val", getattr(value, "int_val", None))
 
 
 class _ChannelsLastOutputs(torch.nn.Module):
