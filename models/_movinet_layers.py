@@ -224,10 +224,13 @@ def running_mean(s: Tensor, mean: Tensor, r: Tensor, *, frames: int = 1, saturat
     count that only grows, that is one cumsum; a count ``saturating`` at a window runs the recurrence per frame.
 
     ``apart`` (F = 1): the first result is the same values computed by other ops, so that what reads it does not
-    read the state output (an int8 op reading a graph output must stay float in LiteRT, see `_tflite_quant`)."""
+    read the state output (an int8 op reading a graph output must stay float in LiteRT, see `_tflite_quant`). It is
+    computed first, so that every read of ``mean`` comes before the op that writes the new mean (ExecuTorch then
+    feeds the state output back in place, `stexport.targets._executorch.states_read_before_written`)."""
     if frames == 1:
+        first = mean - (mean - s) * r if apart else None  # bit-identical to m: a - (-d) == a + d in IEEE
         m = mean + (s - mean) * r  # (not torch.lerp: exporters expand it into ~8 ops)
-        return (mean - (mean - s) * r if apart else m), m  # bit-identical: a - (-d) == a + d in IEEE
+        return (m if first is None else first), m
     c = s.shape[1]
     s3, r3 = s.reshape(-1, frames, c), r.reshape(-1, frames, 1)
     if saturating:
