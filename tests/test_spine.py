@@ -244,19 +244,21 @@ class _WrittenFirst(_OneDelegate):
         return logits + self.fc(state["last"] * 0.5), {**new, "last": last}
 
 
-@pytest.mark.parametrize("model,in_place", [(_OneDelegate, True), (_WrittenFirst, False), (TinyStream, False)])
+@pytest.mark.parametrize("model,in_place,precision", [(_OneDelegate, True, "fp32"), (_OneDelegate, True, "int8"),
+                                                      (_WrittenFirst, False, "fp32"), (TinyStream, False, "fp32")])
 def test_executorch_feeds_state_outputs_back_in_place_when_the_step_allows(tmp_path: Path, model: type,
-                                                                           in_place: bool) -> None:
+                                                                           in_place: bool, precision: str) -> None:
     """An ExecuTorch program whose every state output is written after the last read of its input lets the stepper
     pass each step's state outputs (in the program's memory) back as the next inputs, with no copy; another stepper
     or `run` on the same program first takes that state out. A program that writes a state output before it has read
     the input keeps the copying loop, and so does a program with kernels outside its delegate (TinyStream's
     parameter selects), whose planned memory other tensors may share. All give exactly the stateless ``run``'s
-    logits and state."""
+    logits and state, in int8 too (its state crosses the boundary as float32, quantized inside)."""
     from stexport.spec import IOSpec
     from stexport.streaming import stepper
 
-    bundle = _export(model().eval(), "executorch", tmp_path)
+    kw = {"precision": "int8", "calibration_frames": 24} if precision == "int8" else {}
+    bundle = _export(model().eval(), "executorch", tmp_path, **kw)
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["converter"]["state_outputs_feed_back_in_place"] is in_place
     spec = IOSpec.from_json(manifest)
