@@ -413,13 +413,15 @@ class MoViNetEnsemble(StreamModel):
         return state
 
     def step(self, frame: Tensor, state: State) -> tuple[Tensor, State]:
-        # the states read first, before the sub-models' steps write their new values: ExecuTorch can then feed each
-        # state output back as the next input in place (`stexport.targets._executorch.states_read_before_written`)
+        # each state is read before the sub-model step that writes its new value: ExecuTorch can then feed every
+        # state output back as the next input in place (`stexport.targets._executorch.states_read_before_written`).
+        # (Written as ``la - la * half + prev * half``, which reads them all first, the int8 LiteRT step's logits
+        # missed its parity gate: max abs err 0.011 against 0.0005 with this form.)
         half = state["a_frame_count"].clamp(max=1.0) * 0.5  # 0 at frame 0, then 1/2
-        prev = state["b_prev_logits"] * half
         la, sa = self.a.step(frame, {k[2:]: v for k, v in state.items() if k.startswith("a_")})
+        towards_prev = state["b_prev_logits"] - la
         lb, sb = self.b.step(frame, {k[2:]: v for k, v in state.items() if k.startswith("b_") and k != "b_prev_logits"})
-        logits = la - la * half + prev
+        logits = la + towards_prev * half
         new = {f"a_{k}": v for k, v in sa.items()}
         new.update({f"b_{k}": v for k, v in sb.items()})
         new["b_prev_logits"] = lb
