@@ -57,7 +57,7 @@ def convert(graph: GraphModule, spec: IOSpec, path: Path, *, precision: str, met
     refuse_passed_through({o: names[v] for o, v in zip(spec.output_names, plan.outputs) if v in names},
                           f"executorch {package_version('executorch')} returns zeros for such an output")
     path.write_bytes(et.buffer)
-    in_place = ordered and _one_delegate_call(plan)
+    in_place = _in_place(ordered, plan)
     delegated = sum(1 for n in lowered.exported_program().graph.nodes
                     if n.op == "call_function" and "executorch_call_delegate" in str(n.target))
     facts: dict[str, Any] = {"converter": "torch.export + executorch (XNNPACK)",
@@ -133,14 +133,15 @@ def states_read_before_written(program: torch.export.ExportedProgram, spec: IOSp
     return True
 
 
-def _one_delegate_call(plan: Any) -> bool:
-    """Whether the execution plan runs one delegate call and no kernel: then the state outputs are the only tensors
-    of the program's planned memory, which no other op reuses while a step runs."""
+def _in_place(ordered: bool, plan: Any) -> bool:
+    """Whether an app may feed the state outputs of the execution plan back as its next state inputs: the states are
+    ``ordered`` (`states_read_before_written`) and the plan runs one delegate call and no kernel, so the state outputs
+    are the only tensors of the program's planned memory, which no other op reuses while a step runs."""
     from executorch.exir.schema import DelegateCall, KernelCall
 
     calls = [i.instr_args for c in plan.chains for i in c.instructions]
-    return (sum(isinstance(c, DelegateCall) for c in calls) == 1
-            and not any(isinstance(c, KernelCall) for c in calls))
+    return ordered and (sum(isinstance(c, DelegateCall) for c in calls) == 1
+                        and not any(isinstance(c, KernelCall) for c in calls))
 
 
 def program_facts(path: Path, spec: IOSpec) -> tuple[set[str], bool]:
@@ -159,7 +160,7 @@ def program_facts(path: Path, spec: IOSpec) -> tuple[set[str], bool]:
     channels_last = {n for n, d in zip(spec.input_names, orders) if d == (0, 2, 3, 1)}
     flag = plans.get(ORDERED_METHOD)  # a constant method: its one output is the value
     ordered = flag is not None and flag.values[flag.outputs[0]].val.bool_val
-    return channels_last, ordered and _one_delegate_call(plan)
+    return channels_last, _in_place(ordered, plan)
 
 
 class _ChannelsLastOutputs(torch.nn.Module):
@@ -289,5 +290,3 @@ class TensorStepper:
 
     def state(self) -> dict[str, np.ndarray]:
         return {n: np.array(v.detach().numpy(), order="C") for n, v in self._state.items()}
-
-
