@@ -42,6 +42,21 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+#: CPU features that decide which kernels XNNPACK, ONNX Runtime and PyTorch run (x86 ``flags`` / Arm ``Features``
+#: in /proc/cpuinfo). int8 speed hangs on them: on an Intel Xeon with AMX, XNNPACK runs small int8 GEMMs in AMX
+#: tiles (16x64), slower at a stream step's shapes than its AVX512-VNNI kernels, so int8 / fp32 ratios differ
+#: between machines far more than fp32 times do.
+KERNEL_ISA = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "avx512_fp16",
+              "amx_int8", "amx_bf16", "asimd", "asimddp", "asimdhp", "i8mm", "sve", "sve2", "bf16")
+
+
+def kernel_isa() -> list[str]:
+    """The `KERNEL_ISA` features this CPU reports, in that order ([] where /proc/cpuinfo has no flags)."""
+    cpus = _cpuinfo()
+    have = set((cpus[0].get("flags") or cpus[0].get("Features") or "").split()) if cpus else set()
+    return [f for f in KERNEL_ISA if f in have]
+
+
 def physical_cores() -> int | None:
     cores = {(c.get("physical id", "0"), c.get("core id")) for c in _cpuinfo() if "core id" in c}
     return len(cores) or None
@@ -79,6 +94,7 @@ def machine_facts(*, threads: int, matmul: dict[str, Any], conv: dict[str, Any] 
         affinity = None
     return {
         "cpu_model": cpu_model(),
+        "kernel_isa": kernel_isa(),
         "logical_cores": os.cpu_count() or 0,
         "physical_cores": physical_cores(),
         "affinity_cores": affinity,

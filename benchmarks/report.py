@@ -28,7 +28,10 @@ runtime in a fresh subprocess (peak minus the idle interpreter). GFLOPs are coun
 on one large 3x3 conv (LiteRT) at the same thread count in the same run (rows measured before that ceiling existed
 show `% matmul`, against a torch fp32 matmul, which understates the core ~2x). 1 thread unless stated, ONNX
 Runtime without spinning. Models run with weights as built (speed does not depend on weight values). Numbers from
-a shared 2-core machine: compare only rows of the same run."""
+a shared 2-core machine: compare only rows of the same run. ExecuTorch int8 rows' `artifact MB` (and the Precision
+table's `size (KB)`) predate 2026-12-05 19:44 UTC: until then each int8 program also carried the float32 weights it
+was quantized from, unused (A0: 18.9 MB, now 4.0 MB beside the 15.1 MB fp32 program; speed unchanged, 2.13 vs
+2.11 ms in one process)."""
 
 
 def load_rows(out_dir: Path) -> list[dict[str, Any]]:
@@ -132,7 +135,8 @@ def machine_lines(rows: list[dict[str, Any]]) -> str:
             continue
         v = m["versions"]
         mm = m["matmul_peak"]
-        seen[key] = (f"- run `{r['run_id']}`: {m['cpu_model']}, {m['logical_cores']} logical cores "
+        isa = f" [{' '.join(m['kernel_isa'])}]" if m.get("kernel_isa") else ""
+        seen[key] = (f"- run `{r['run_id']}`: {m['cpu_model']}{isa}, {m['logical_cores']} logical cores "
                      f"({m['physical_cores']} physical), {m['threads']} thread(s), load avg {m['load_avg']}; "
                      f"fp32 matmul peak {mm['gflops_best']} GFLOP/s ({mm['size']}^2)"
                      + (f", conv ceiling {m['conv_ceiling']['gflops_median']} GFLOP/s (XNNPACK)"

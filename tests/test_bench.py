@@ -55,6 +55,7 @@ def test_toy_stream_bench_writes_rows_table_and_plots(tmp_path: Path) -> None:
     torch_row, onnx_row, curve_row = rows
     assert torch_row["machine"]["threads"] == 1 and torch_row["machine"]["matmul_peak"]["gflops_best"] > 0
     assert torch_row["machine"]["versions"]["torch"] and torch_row["machine"]["cpu_model"]
+    assert isinstance(torch_row["machine"]["kernel_isa"], list)
     assert torch_row["model"]["parameters"] > 0 and torch_row["model"]["gflops_per_step"] > 0
     assert torch_row["model"]["step_unit"] == "frame"
     rt = onnx_row["runtime"]
@@ -129,3 +130,17 @@ def test_real_model_onnx_through_cli(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_unknown_target_is_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--model", stexport.list_models()[0], "--target", "tflit"]) == 2
     assert "Did you mean: tflite" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("cpuinfo, want", [
+    ({"flags": "fpu sse2 avx2 fma avx512f avx512bw avx512_vnni amx_tile amx_int8"},
+     ["avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "amx_int8"]),
+    ({"Features": "fp asimd asimdhp asimddp i8mm bf16"}, ["asimd", "asimddp", "asimdhp", "i8mm", "bf16"]),
+    ({}, []),
+])
+def test_machine_facts_name_the_kernel_isa(monkeypatch: pytest.MonkeyPatch, cpuinfo: dict, want: list) -> None:
+    """int8 / fp32 ratios hang on the CPU's int8 paths (AMX, VNNI, Arm dot product): a row names them."""
+    from stexport.benchmarks import machine
+
+    monkeypatch.setattr(machine, "_cpuinfo", lambda: [cpuinfo])
+    assert machine.kernel_isa() == want

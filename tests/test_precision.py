@@ -239,6 +239,13 @@ def test_tiny_stream_exports_keep_float32_states(tmp_path: Path, target: str, pr
     assert details["state_path_float32_ops"] >= 3  # the count, the running mean, the buffer shift
     if precision == "int8":
         assert details["calibration"]["samples"] == 24 and "warning" in details["calibration"]
+    if target == "executorch":  # the int8 weights only: the float32 ones it was quantized from are not kept
+        from executorch.exir._serialize._program import deserialize_pte_binary
+
+        program = deserialize_pte_binary((bundle / m["artifact"]["file"]).read_bytes()).program
+        float_bytes = 4 * sum(p.numel() for p in TinyStream().parameters())
+        assert details["float_weights_dropped_bytes"] >= 0.9 * float_bytes
+        assert sum(len(c.storage) for c in program.constant_buffer) < 0.25 * float_bytes
     if target == "onnx":
         import onnx
 
