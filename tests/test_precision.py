@@ -291,15 +291,19 @@ def test_executorch_runner_feeds_states_in_the_programs_memory_format(tmp_path: 
         assert err <= (1e-4 if precision == "fp32" else 0.2 * float(want.abs().max())), (precision, err)
 
 
-def test_ensemble_int8_tflite_logits_stay_close(tmp_path: Path) -> None:
+@pytest.mark.parametrize("target", ["tflite", "executorch"])
+def test_ensemble_int8_logits_stay_close(tmp_path: Path, target: str) -> None:
     """The A0 ensemble averages its members' logits (``la + (prev - la) / 2``). Written as ``la - la * half +
     prev * half`` (so as to read every state first), its int8 LiteRT step's logits reached the parity gate's
-    tolerance: 0.0097 vs 0.0091 here, 0.011 vs 0.0083 at 172x172, where this form keeps them at 0.0005."""
+    tolerance: 0.0097 vs 0.0091 here, 0.011 vs 0.0083 at 172x172, where this form keeps them at 0.0005. ExecuTorch's
+    quantizer rounded that arithmetic to int8 (0.0040 here); it stays float32 now (0.0003)."""
     from stexport.models import create_model
 
+    if importlib.util.find_spec(target if target == "executorch" else "ai_edge_litert") is None:
+        pytest.skip(f"needs the {target} extra")
     torch.manual_seed(0)
     model = create_model("movinet_a0_stream_ensemble", input_size=64).eval()
-    bundle = stexport.export(model, target="tflite", precision="int8", out=tmp_path, steps=16,
+    bundle = stexport.export(model, target=target, precision="int8", out=tmp_path, steps=16,
                              calibration_frames=32, progress=lambda s: None)
     parity = _manifest(bundle)["parity"]
     assert parity["max_abs_err"]["logits"] <= 0.25 * parity["tolerance"]["logits_max_abs"], parity["max_abs_err"]
