@@ -79,21 +79,55 @@ def _global_min_max(qsv: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     return {**qsv, "min": np.minimum(qsv["min"], new["min"]), "max": np.maximum(qsv["max"], new["max"])}
 
 
-def _widen_constant_ranges(qsvs: dict[str, Any]) -> dict[str, Any]:
+def _is_flat(lo: Any, hi: Any) -> Any:
+    import numpy as np
+
+    return (hi - lo) <= 1e-6 * np.maximum(1.0, np.abs(hi))
+
+
+def _reader_widths(float_model: bytes, qsvs: dict[str, Any]) -> dict[str, float]:
+    """Tensor name -> the widest range among the outputs of the ops that read it (outputs with a range that is not
+    flat, `_is_flat`): the scale an op's int8 kernel compares that input's scale with."""
+    import numpy as np
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+
+    def width(name: str) -> float | None:
+        q = qsvs.get(name)
+        if not isinstance(q, dict) or "min" not in q:
+            return None
+        lo, hi = np.asarray(q["min"]), np.asarray(q["max"])
+        return None if np.any(_is_flat(lo, hi)) else float(np.max(hi - lo))
+
+    out: dict[str, float] = {}
+    for sg in fu.read_model(float_model).subgraphs:
+        names = [_name(t) for t in sg.tensors]
+        for op in sg.operators:
+            widths = [w for t in op.outputs if t >= 0 and (w := width(names[t])) is not None]
+            for t in op.inputs:
+                if t >= 0 and widths:
+                    out[names[t]] = max(out.get(names[t], 0.0), *widths)
+    return out
+
+
+def _widen_constant_ranges(qsvs: dict[str, Any], reader_widths: dict[str, float]) -> dict[str, Any]:
     """A tensor that was constant over the whole calibration (a ReZero branch whose ``alpha`` is 0, a zero state)
-    gets the range [-1, 1] around it instead of a zero-width one: its values stay exact, and a zero-width scale
-    would put the op reading it outside the range of scale ratios that XNNPACK's int8 kernels take (the op would
-    leave the delegate)."""
+    gets a range around it as wide as its readers' outputs' (`_reader_widths`; [-1, 1] around it where none has
+    one) instead of a zero-width one: its values stay exact, and a zero-width scale would put the op reading it
+    outside the range of scale ratios that XNNPACK's int8 kernels take (the op would leave the delegate). A fixed
+    [-1, 1] did the same for the untrained A0, whose activations are ~1, but not for the untrained online TSM, whose
+    activations shrink to ~1e-6 over its depth: two residual ADDs then read a branch at 4e5 times their output's
+    scale and ran outside XNNPACK (3 partitions)."""
     import numpy as np
 
     out = {}
     for name, q in qsvs.items():
         if isinstance(q, dict) and "min" in q and "max" in q:
             lo, hi = np.asarray(q["min"]), np.asarray(q["max"])
-            flat = (hi - lo) <= 1e-6 * np.maximum(1.0, np.abs(hi))
+            flat = _is_flat(lo, hi)
             if np.any(flat):
-                q = {**q, "min": np.where(flat, np.minimum(lo, 0.0) - 1.0, lo).astype(lo.dtype),
-                     "max": np.where(flat, np.maximum(hi, 0.0) + 1.0, hi).astype(hi.dtype)}
+                half = reader_widths.get(name, 2.0) / 2
+                q = {**q, "min": np.where(flat, np.minimum(lo, 0.0) - half, lo).astype(lo.dtype),
+                     "max": np.where(flat, np.maximum(hi, 0.0) + half, hi).astype(hi.dtype)}
         out[name] = q
     return out
 
@@ -155,7 +189,8 @@ def quantize(path: Path, spec: IOSpec, precision: str, calibration: Calibration 
         frames = {t for n, t in _signature_tensor_names(spec).items() if n not in spec.state_names}
         narrowed = _percentile_ranges(path.read_bytes(), calibration.samples, result, keep=frames,
                                       keep_outputs=set(spec.result_names))
-        result = _widen_constant_ranges(result)  # after the narrowing, which would undo it
+        # after the narrowing, which would undo it
+        result = _widen_constant_ranges(result, _reader_widths(path.read_bytes(), result))
         details["calibration_ranges"] = (f"the {100 - RANGE_PERCENTILE:g}-{RANGE_PERCENTILE:g} percentiles of every "
                                          f"activation over the calibration ({narrowed} ranges narrowed from the "
                                          "global min/max)")
