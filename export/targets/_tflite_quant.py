@@ -80,6 +80,7 @@ def _global_min_max(qsv: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
 
 def _is_flat(lo: Any, hi: Any) -> Any:
+    """Whether a calibrated range [lo, hi] (arrays: per tensor or per channel) is constant, to float32 noise."""
     import numpy as np
 
     return (hi - lo) <= 1e-6 * np.maximum(1.0, np.abs(hi))
