@@ -21,13 +21,16 @@ from stexport.spec import IOSpec
 WEIGHTED = ("conv", "linear", "addmm", "matmul", ".mm", "bmm")
 
 
+def _outputs(gm: torch.fx.GraphModule, spec: IOSpec) -> dict[str, Any]:
+    """The graph's output values (fx nodes, or constants) by the spec's output names."""
+    outs = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+    return dict(zip(spec.output_names, outs if isinstance(outs, (tuple, list)) else [outs]))
+
+
 def _state_nodes(gm: torch.fx.GraphModule, spec: IOSpec) -> set[str]:
     nodes = [Node(n.name, str(n.target), [a.name for a in n.all_input_nodes], [n.name])
              for n in gm.graph.nodes if n.op == "call_function"]
-    out_node = next(n for n in gm.graph.nodes if n.op == "output")
-    outs = out_node.args[0]
-    outs = list(outs) if isinstance(outs, (tuple, list)) else [outs]
-    by_output = {name: getattr(o, "name", None) for name, o in zip(spec.output_names, outs)}
+    by_output = {name: getattr(o, "name", None) for name, o in _outputs(gm, spec).items()}
     sinks = [by_output[s.output] for s in spec.states if by_output.get(s.output)]
     placeholders = {n.name for n in gm.graph.nodes if n.op == "placeholder"}
     sources = [s.name for s in spec.states if s.name in placeholders]
@@ -43,11 +46,8 @@ def _output_tails(gm: torch.fx.GraphModule, spec: IOSpec) -> set[str]:
     ops rounds the logits to int8 at its observed range: the ensemble's int8 program then erred 0.0040 against
     PyTorch (64x64; its LiteRT one 0.0004, A0's alone 0.0004). They stay float32; a classifier's own output is
     quantized as before."""
-    out_node = next(n for n in gm.graph.nodes if n.op == "output")
-    outs = out_node.args[0]
-    outs = list(outs) if isinstance(outs, (tuple, list)) else [outs]
     state_outputs = {s.output for s in spec.states}
-    todo = [o for name, o in zip(spec.output_names, outs) if name not in state_outputs and isinstance(o, torch.fx.Node)]
+    todo = [o for name, o in _outputs(gm, spec).items() if name not in state_outputs and isinstance(o, torch.fx.Node)]
     tail: set[str] = set()
     while todo:
         n = todo.pop()

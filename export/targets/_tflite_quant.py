@@ -86,11 +86,11 @@ def _is_flat(lo: Any, hi: Any) -> Any:
     return (hi - lo) <= 1e-6 * np.maximum(1.0, np.abs(hi))
 
 
-def _reader_widths(float_model: bytes, qsvs: dict[str, Any]) -> dict[str, float]:
-    """Tensor name -> the widest range among the outputs of the ops that read it (outputs with a range that is not
-    flat, `_is_flat`): the scale an op's int8 kernel compares that input's scale with."""
+def _reader_widths(model: Any, qsvs: dict[str, Any]) -> dict[str, float]:
+    """Tensor name -> the widest range among the outputs of the ops (of the float32 flatbuffer ``model``) that read
+    it (outputs with a range that is not flat, `_is_flat`): the scale an op's int8 kernel compares that input's
+    scale with."""
     import numpy as np
-    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
 
     def width(name: str) -> float | None:
         q = qsvs.get(name)
@@ -100,7 +100,7 @@ def _reader_widths(float_model: bytes, qsvs: dict[str, Any]) -> dict[str, float]
         return None if np.any(_is_flat(lo, hi)) else float(np.max(hi - lo))
 
     out: dict[str, float] = {}
-    for sg in fu.read_model(float_model).subgraphs:
+    for sg in model.subgraphs:
         names = [_name(t) for t in sg.tensors]
         for op in sg.operators:
             widths = [w for t in op.outputs if t >= 0 and (w := width(names[t])) is not None]
@@ -172,7 +172,8 @@ def quantize(path: Path, spec: IOSpec, precision: str, calibration: Calibration 
                        activations="int8 asymmetric per tensor, ranges from calibration", compute="int8")
     else:
         raise ValueError(f"tflite has no precision {precision!r}")
-    state_ops, readers = _float_scopes(fu.read_model(path.read_bytes()), spec)
+    float_model = fu.read_model(path.read_bytes())
+    state_ops, readers = _float_scopes(float_model, spec)
     scopes = state_ops + (readers if precision == "int8" else [])
     if scopes:
         q.update_quantization_recipe(regex="^(?:" + "|".join(re.escape(s) for s in scopes) + ")$",
@@ -191,7 +192,7 @@ def quantize(path: Path, spec: IOSpec, precision: str, calibration: Calibration 
         narrowed = _percentile_ranges(path.read_bytes(), calibration.samples, result, keep=frames,
                                       keep_outputs=set(spec.result_names))
         # after the narrowing, which would undo it
-        result = _widen_constant_ranges(result, _reader_widths(path.read_bytes(), result))
+        result = _widen_constant_ranges(result, _reader_widths(float_model, result))
         details["calibration_ranges"] = (f"the {100 - RANGE_PERCENTILE:g}-{RANGE_PERCENTILE:g} percentiles of every "
                                          f"activation over the calibration ({narrowed} ranges narrowed from the "
                                          "global min/max)")
