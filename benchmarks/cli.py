@@ -60,8 +60,8 @@ def parser(prog: str = "stexport bench") -> argparse.ArgumentParser:
     p.add_argument("--matmul-size", type=int, default=2048, help="matmul size of the peak GFLOP/s (default 2048)")
     p.add_argument("--checkpoint", "-c", help="released checkpoint (one model only); default: weights as built")
     p.add_argument("--out", "-o", type=Path, default=RESULTS_DIR,
-                   help="results folder (default benchmarks/results/): <model>.jsonl, table.md, plots/, "
-                        "README_section.md")
+                   help="results folder (default benchmarks/results/ under the current directory): <model>.jsonl, "
+                        "table.md, plots/, README_section.md")
     p.add_argument("--export-dir", type=Path, help="keep the exported bundles here (default: a temp folder)")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bar")
     p.add_argument("--verbose", "-v", action="store_true", help="show the export stages")

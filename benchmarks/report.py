@@ -195,7 +195,7 @@ def write_reports(out_dir: Path, *, plots: bool = True) -> dict[str, Path]:
     written["table"] = out_dir / "table.md"
     (out_dir / "summary.json").write_text(json.dumps(summary(rows), indent=1) + "\n")
     written["summary"] = out_dir / "summary.json"
-    prefix = "benchmarks/results/plots/" if out_dir.resolve() == RESULTS_DIR else "plots/"
+    prefix = "benchmarks/results/plots/" if out_dir.resolve() == RESULTS_DIR.resolve() else "plots/"
     section = ["## Benchmarks", "", METHOD, "", "Machine:", "", machine, "", *tables, ""]
     for title, file in images:
         section += [f"![{title}]({prefix}{file})", ""]

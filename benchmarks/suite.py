@@ -42,7 +42,9 @@ from stexport.targets import TARGETS, get_target
 SCHEMA_VERSION = 1
 DEFAULT_FRAMES = 300
 DEFAULT_CLIPS = 20
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+#: where results go by default: ``benchmarks/results`` under the current directory (from the project root, the
+#: committed folder; from anywhere else a folder of its own there, never the installed package's files)
+RESULTS_DIR = Path("benchmarks") / "results"
 REFERENCE = "pytorch"
 WEIGHTS_NOTE = "as built (no checkpoint): latency and memory do not depend on the weight values"
 

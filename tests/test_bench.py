@@ -86,6 +86,22 @@ def test_toy_stream_bench_writes_rows_table_and_plots(tmp_path: Path) -> None:
         assert (tmp_path / "plots" / png).read_bytes()[:4] == b"\x89PNG"
 
 
+def test_default_results_folder_is_under_the_current_directory(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run without ``out_dir`` writes ``./benchmarks/results``, never the installed package's (or this checkout's)
+    committed results: a quick one-target run from elsewhere replaced the committed rows of that model."""
+    import stexport.benchmarks as pkg
+
+    committed = Path(pkg.__file__).resolve().parent / "results"
+    before = {p: p.stat().st_mtime_ns for p in committed.rglob("*")} if committed.exists() else {}
+    monkeypatch.chdir(tmp_path)
+    run_bench(TinyClip(), targets=[], clips=2, measure_memory=False, plots=False, progress=False, **FAST)
+    assert (tmp_path / "benchmarks" / "results" / "tinyclip.jsonl").exists()
+    assert (tmp_path / "benchmarks" / "results" / "table.md").exists()
+    after = {p: p.stat().st_mtime_ns for p in committed.rglob("*")} if committed.exists() else {}
+    assert after == before
+
+
 def test_toy_clip_bench_is_per_clip(tmp_path: Path) -> None:
     rows = run_bench(TinyClip(), targets=["onnx"], clips=5, measure_memory=False, plots=False, out_dir=tmp_path,
                      progress=False, **FAST)
