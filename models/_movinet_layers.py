@@ -321,8 +321,10 @@ class ConvBlock(nn.Module):
         if conv_type == "3d":
             if causal and kt > 1:
                 raise NotImplementedError("causal 3D convolutions are not used by any released MoViNet; use 2plus1d")
-            self.conv_1 = ConvUnit(cin, cout, kernel, stride=(1, stride, stride), padding=((kt - 1) // 2, 0, 0),
-                                   groups=groups, bias=bias, norm=norm)
+            # the temporal padding is in ``forward``'s one explicit pad (with the spatial one): LiteRT's converter
+            # crashes (SIGSEGV in its FuseSamePaddingConv3D) on a pad feeding a CONV_3D that pads as well
+            self.conv_1 = ConvUnit(cin, cout, kernel, stride=(1, stride, stride), groups=groups, bias=bias,
+                                   norm=norm)
         elif conv_type == "2plus1d":
             self.conv_1 = ConvUnit(cin, cout, (kh, kw), stride=(stride, stride), groups=groups, bias=bias, norm=norm)
             if kt > 1:
@@ -332,6 +334,8 @@ class ConvBlock(nn.Module):
         for name in ("fused_w1", "fused_b1", "fused_w2", "fused_b2"):
             self.register_buffer(name, None, persistent=False)
         self.gain = 1.0  # what ``step``'s activations are off by (`refold`)
+        #: the Conv3d written as one conv2d per temporal tap (`_conv3d_by_taps`; LiteRT's form)
+        self.conv3d_by_taps = False
 
     def _pads(self, h: int, w: int) -> tuple[int, int, int, int]:
         """TF-"same" padding of ``conv_1`` for an ``h x w`` input, as ``F.pad`` wants it: (left, right, top, bottom)."""
@@ -341,10 +345,15 @@ class ConvBlock(nn.Module):
     # -- clip path -----------------------------------------------------------------------------------------------
     def forward(self, x: Tensor) -> Tensor:
         """``x [N, Cin, T, H, W]`` -> ``[N, Cout, T, H', W']``."""
-        pads = self._pads(x.shape[-2], x.shape[-1])
+        pads: tuple[int, ...] = self._pads(x.shape[-2], x.shape[-1])
+        if self.conv_type == "3d":
+            pads += ((self.kernel[0] - 1) // 2,) * 2  # (front, back): non-causal, centred
         if any(pads):
             x = F.pad(x, pads)
         if self.conv_type == "3d":
+            if self.conv3d_by_taps:
+                y = self._conv3d_by_taps(x)
+                return activation(y if self.conv_1.norm is None else self.conv_1.norm(y), self.act)
             return activation(self.conv_1(x), self.act)
         n, c, t, h, w = x.shape
         y = activation(self.conv_1(x.transpose(1, 2).reshape(n * t, c, h, w)), self.act)
@@ -356,6 +365,21 @@ class ConvBlock(nn.Module):
         front, back = (kt - 1, 0) if self.causal else ((kt - 1) // 2, (kt - 1) // 2)
         y = F.pad(y.reshape(n, co, t, ho * wo), (0, 0, front, back))
         return activation(self.conv_2(y), self.act).reshape(n, co, t, ho, wo)
+
+    def _conv3d_by_taps(self, x: Tensor) -> Tensor:
+        """``conv_1``'s Conv3d (before its BatchNorm) on the padded ``x [N, C, T + kt - 1, H, W]`` as the sum over its
+        ``kt`` temporal taps of a conv2d of the frames that tap reads: ``[N, Cout, T, H', W']``, the same numbers.
+        LiteRT has no grouped CONV_3D (its converter asks for TF Select ops), and XNNPACK runs no CONV_3D at all."""
+        conv = self.conv_1.conv
+        n, c, tp, h, w = x.shape
+        kt = self.kernel[0]
+        t = tp - kt + 1
+        frames = x.transpose(1, 2)  # [N, T + kt - 1, C, H, W]
+        y = sum(F.conv2d(frames[:, k:k + t].reshape(n * t, c, h, w), conv.weight[:, :, k], stride=conv.stride[1:],
+                         groups=conv.groups) for k in range(kt))
+        assert isinstance(y, Tensor)
+        y = y.reshape(n, t, *y.shape[1:]).transpose(1, 2)
+        return y if conv.bias is None else y + conv.bias.reshape(1, -1, 1, 1, 1)
 
     # -- frame path (folded weights, 4D) ---------------------------------------------------------------------------
     def refold(self, *, scale: Tensor | float = 1.0, shift: float = 0.0, in_scale: float = 1.0, gain: float = 1.0

@@ -138,6 +138,21 @@ class MoViNetBase(_Trunk, ClipModel):
     def forward_packed(self, x: Tensor) -> Tensor:
         return self.classifier(self.features(x)).flatten(1)
 
+    def with_step_layout(self, name: str, *, integer: bool = False) -> MoViNetBase:
+        """For LiteRT (``"nhwc"``): a copy whose Conv3d layers are each written as one conv2d per temporal tap
+        (`ConvBlock._conv3d_by_taps`): LiteRT has no grouped CONV_3D and XNNPACK no CONV_3D. Same numbers, same
+        weights. ``"nchw"``: as built."""
+        super().with_step_layout(name, integer=integer)
+        by_taps = name == "nhwc"
+        blocks = [m for m in self.modules() if isinstance(m, ConvBlock)]
+        if all(b.conv3d_by_taps == by_taps for b in blocks):
+            return self
+        other = copy.deepcopy(self)
+        for b in other.modules():
+            if isinstance(b, ConvBlock):
+                b.conv3d_by_taps = by_taps
+        return other
+
     def step(self, frame: Tensor, state: State) -> tuple[Tensor, State]:
         """Ring buffer: ``frames [N, 3*T, H, W]`` (frame-major, oldest first) gets ``frame`` appended and the
         whole ``T``-frame window is classified (a full clip per step; zero frames until T have arrived)."""

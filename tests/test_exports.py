@@ -169,6 +169,27 @@ def test_movinet_stream_clip_form(tmp_path: Path, target: str) -> None:
     assert max_err(np.asarray(got["logits"]), want) <= 1e-5
 
 
+def test_movinet_base_in_litert(tmp_path: Path) -> None:
+    """A base (Conv3d) MoViNet with non-trivial weights converts to LiteRT builtins and runs in one XNNPACK
+    partition: its Conv3d layers are written as conv2d per temporal tap (LiteRT has no grouped CONV_3D: the converter
+    died with SIGSEGV, and refuses it without the pad before it). As built, every ReZero ``alpha`` is 0 and the
+    converter drops the residual branches, depthwise Conv3d included: the fixtures' fill keeps them."""
+    from conftest import fill_model
+
+    model = fill_model(stexport.create_model("movinet_a0", input_size=64, num_frames=4)).eval()
+    assert all(float(p) != 0 for n, p in model.named_parameters() if n.endswith("alpha"))
+    bundle = stexport.export(model, target="tflite", out=tmp_path, progress=lambda s: None)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["parity"]["passed"] and manifest["parity"]["max_abs_err"]["logits"] <= 1e-5, manifest["parity"]
+    artifact = bundle / manifest["artifact"]["file"]
+    assert "CONV_3D" not in tflite_ops(artifact) and tflite_partitions(artifact)["delegate_partitions"] == 1
+    clip = torch.rand(1, 3, 4, 64, 64, generator=torch.Generator().manual_seed(3))
+    got = _runner("tflite", bundle, build_spec(model, form="clip")).run({"clip": clip.numpy()})
+    with torch.no_grad():
+        want = model(clip).numpy()  # Conv3d, as built
+    assert max_err(np.asarray(got["logits"]), want) <= 1e-5
+
+
 def test_executorch_refuses_conv3d_clearly(tmp_path: Path) -> None:
     from stexport.errors import StexportError
 
