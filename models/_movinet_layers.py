@@ -375,9 +375,11 @@ class ConvBlock(nn.Module):
         kt = self.kernel[0]
         t = tp - kt + 1
         frames = x.transpose(1, 2)  # [N, T + kt - 1, C, H, W]
-        y = sum(F.conv2d(frames[:, k:k + t].reshape(n * t, c, h, w), conv.weight[:, :, k], stride=conv.stride[1:],
-                         groups=conv.groups) for k in range(kt))
-        assert isinstance(y, Tensor)
+        taps = [F.conv2d(frames[:, k:k + t].reshape(n * t, c, h, w), conv.weight[:, :, k], stride=conv.stride[1:],
+                         groups=conv.groups) for k in range(kt)]
+        y = taps[0]
+        for tap in taps[1:]:
+            y = y + tap
         y = y.reshape(n, t, *y.shape[1:]).transpose(1, 2)
         return y if conv.bias is None else y + conv.bias.reshape(1, -1, 1, 1, 1)
 
