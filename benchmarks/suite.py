@@ -46,7 +46,9 @@ DEFAULT_CLIPS = 20
 #: committed folder; from anywhere else a folder of its own there, never the installed package's files)
 RESULTS_DIR = Path("benchmarks") / "results"
 REFERENCE = "pytorch"
-WEIGHTS_NOTE = "as built (no checkpoint): latency and memory do not depend on the weight values"
+WEIGHTS_NOTE = ("as built (no checkpoint), each scalar gate that is 0 as built (MoViNet's ReZero alpha) set to 0.5 so "
+                "that no converter drops the branch it gates: latency and memory do not depend on the weight values "
+                "otherwise")
 
 
 @dataclass
@@ -71,13 +73,27 @@ def installed_targets() -> list[str]:
 def _resolve(model: str | torch.nn.Module, checkpoint: str | Path | None) -> tuple[VideoModel, str, ModelEntry | None]:
     if isinstance(model, str):
         torch.manual_seed(0)
-        return create_model(model, checkpoint=checkpoint), model, get_entry(model)
+        module = create_model(model, checkpoint=checkpoint)
+        if checkpoint is None:
+            _open_zero_gates(module)
+        return module, model, get_entry(model)
     name = str(getattr(model, "registry_name", type(model).__name__.lower()))
     try:
         entry: ModelEntry | None = get_entry(name)
     except KeyError:
         entry = None
     return model.eval(), name, entry
+
+
+def _open_zero_gates(module: VideoModel) -> None:
+    """Set every scalar parameter that is exactly 0 (as built: MoViNet's ReZero ``alpha``) to 0.5. With ``x + 0 *
+    branch`` a converter may fold the branch away (LiteRT's did, for a base MoViNet: a row timed a graph without its
+    residual branches, at "136% of the matmul peak"), so every runtime would not time the same graph."""
+    with torch.no_grad():
+        for p in module.parameters():
+            if p.dim() == 0 and float(p) == 0.0:
+                p.fill_(0.5)
+    module.refold()
 
 
 def _clean(obj: Any) -> Any:
@@ -96,8 +112,8 @@ def _clean(obj: Any) -> Any:
     return obj
 
 
-def _model_info(module: VideoModel, entry: ModelEntry | None, name: str, spec: IOSpec, graph: GraphModule
-                ) -> dict[str, Any]:
+def _model_info(module: VideoModel, entry: ModelEntry | None, name: str, spec: IOSpec, graph: GraphModule, *,
+                checkpoint: str | Path | None = None) -> dict[str, Any]:
     try:
         gflops: float | None = float(f"{facts.count_flops(graph, spec) / 1e9:.4g}")
     except Exception:  # a model the counter cannot run: facts without FLOPs
@@ -114,7 +130,7 @@ def _model_info(module: VideoModel, entry: ModelEntry | None, name: str, spec: I
         "parameters": facts.count_parameters(module),
         "gflops_per_step": gflops,
         "flops_counter": facts.FLOP_COUNTER,
-        "weights": WEIGHTS_NOTE,
+        "weights": WEIGHTS_NOTE if checkpoint is None else f"checkpoint {Path(checkpoint).name}",
         "reported_accuracy": facts.reported_accuracy(entry),
     }
 
@@ -248,7 +264,7 @@ def run_bench(model: str | torch.nn.Module, *, targets: Sequence[str] | None = N
     feeds_at, video = _inputs(module, entry, spec, steps + warm)
     prev_threads = torch.get_num_threads()
     torch.set_num_threads(threads[0])
-    model_info = _model_info(module, entry, name, spec, graph)
+    model_info = _model_info(module, entry, name, spec, graph, checkpoint=checkpoint)
 
     n_runtimes = 1 + len(targets) * len(precisions)
     probe = curve_window(steps) if stream else 0

@@ -102,6 +102,17 @@ def test_default_results_folder_is_under_the_current_directory(tmp_path: Path,
     assert after == before
 
 
+def test_as_built_zero_gates_are_opened_for_timing() -> None:
+    """As built, MoViNet's ReZero gates are 0 and LiteRT's converter folded ``x + 0 * branch`` away, so a base
+    MoViNet row timed a graph without its residual branches: the bench opens them (0.5) and says so in the row."""
+    from stexport.benchmarks.suite import WEIGHTS_NOTE, _resolve
+
+    module, _, _ = _resolve("movinet_a0", None)
+    alphas = [float(p) for n, p in module.named_parameters() if n.endswith("alpha")]
+    assert len(alphas) == 15 and set(alphas) == {0.5}
+    assert "0.5" in WEIGHTS_NOTE
+
+
 def test_toy_clip_bench_is_per_clip(tmp_path: Path) -> None:
     rows = run_bench(TinyClip(), targets=["onnx"], clips=5, measure_memory=False, plots=False, out_dir=tmp_path,
                      progress=False, **FAST)
