@@ -27,8 +27,11 @@ runtime in a fresh subprocess (peak minus the idle interpreter). GFLOPs are coun
 `torch.utils.flop_counter.FlopCounterMode`; `% ceiling` compares achieved GFLOP/s with XNNPACK's fp32 throughput
 on one large 3x3 conv (LiteRT) at the same thread count in the same run (rows measured before that ceiling existed
 show `% matmul`, against a torch fp32 matmul, which understates the core ~2x). 1 thread unless stated, ONNX
-Runtime without spinning. Models run with weights as built (speed does not depend on weight values). Numbers from
-a shared 2-core machine: compare only rows of the same run. ExecuTorch int8 rows' `artifact MB` (and the Precision
+Runtime without spinning. Models run with weights as built (speed does not depend on weight values), except that
+since 2026-12-05 23:25 UTC MoViNet's ReZero gates, 0 as built, are set to 0.5: with a gate of 0 LiteRT's converter
+folded the branch away (the base MoViNet rows measured before then, LiteRT at "136% matmul", timed a graph without
+its residual branches; `movinet_a0` was re-run). Numbers from a shared 2-core machine: compare only rows of the
+same run. ExecuTorch int8 rows' `artifact MB` (and the Precision
 table's `size (KB)`) predate 2026-12-05 19:44 UTC: until then each int8 program also carried the float32 weights it
 was quantized from, unused (A0: 18.9 MB, now 4.0 MB beside the 15.1 MB fp32 program; speed unchanged, 2.13 vs
 2.11 ms in one process)."""
@@ -199,7 +202,8 @@ def write_reports(out_dir: Path, *, plots: bool = True) -> dict[str, Path]:
     section = ["## Benchmarks", "", METHOD, "", "Machine:", "", machine, "", *tables, ""]
     for title, file in images:
         section += [f"![{title}]({prefix}{file})", ""]
-    section += ["Reproduce (writes `benchmarks/results/`):", "", COMMANDS, ""]
+    section += ["Reproduce (from the project root: writes `benchmarks/results/` under the current directory):", "",
+                COMMANDS, ""]
     (out_dir / "README_section.md").write_text("\n".join(section))
     written["readme_section"] = out_dir / "README_section.md"
     return written
