@@ -33,7 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 
-RESULTS = Path("benchmarks") / "results" / "precision"  # under the current directory, as `suite.RESULTS_DIR`
+from stexport.benchmarks.suite import RESULTS_DIR
+
+RESULTS = RESULTS_DIR / "precision"
 MODELS = ("movinet_a0_stream_motion7", "tsm_mobilenetv2_online_motion7")
 FORMS = ("stream", "clip")
 

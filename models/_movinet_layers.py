@@ -276,6 +276,8 @@ class ConvUnit(nn.Module):
         self.norm: nn.Module | None = None
         if norm:
             self.norm = (nn.BatchNorm3d if dims == 3 else nn.BatchNorm2d)(cout, eps=BN_EPS)
+        #: a Conv3d written as one conv2d per temporal tap (`_conv3d_by_taps`; LiteRT's form)
+        self.conv3d_by_taps = False
 
     @property
     def conv(self) -> nn.Conv2d | nn.Conv3d:
@@ -283,8 +285,25 @@ class ConvUnit(nn.Module):
         return conv
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.conv(x)
+        x = self._conv3d_by_taps(x) if self.conv3d_by_taps else self.conv(x)
         return x if self.norm is None else self.norm(x)
+
+    def _conv3d_by_taps(self, x: Tensor) -> Tensor:
+        """The Conv3d (unpadded, stride 1 in time) of ``x [N, C, T + kt - 1, H, W]`` as the sum over its ``kt``
+        temporal taps of a conv2d of the frames that tap reads: ``[N, Cout, T, H', W']``, the same numbers. LiteRT
+        has no grouped CONV_3D (its converter asks for TF Select ops), and XNNPACK runs no CONV_3D at all."""
+        conv = self.conv
+        n, c, tp, h, w = x.shape
+        kt = conv.kernel_size[0]
+        t = tp - kt + 1
+        frames = x.transpose(1, 2)  # [N, T + kt - 1, C, H, W]
+        taps = [F.conv2d(frames[:, k:k + t].reshape(n * t, c, h, w), conv.weight[:, :, k], stride=conv.stride[1:],
+                         groups=conv.groups) for k in range(kt)]
+        y = taps[0]
+        for tap in taps[1:]:
+            y = y + tap
+        y = y.reshape(n, t, *y.shape[1:]).transpose(1, 2)
+        return y if conv.bias is None else y + conv.bias.reshape(1, -1, 1, 1, 1)
 
     def folded(self) -> tuple[Tensor, Tensor]:
         """Weight and bias (float64) of the conv with the eval-mode BatchNorm folded in."""
@@ -334,8 +353,6 @@ class ConvBlock(nn.Module):
         for name in ("fused_w1", "fused_b1", "fused_w2", "fused_b2"):
             self.register_buffer(name, None, persistent=False)
         self.gain = 1.0  # what ``step``'s activations are off by (`refold`)
-        #: the Conv3d written as one conv2d per temporal tap (`_conv3d_by_taps`; LiteRT's form)
-        self.conv3d_by_taps = False
 
     def _pads(self, h: int, w: int) -> tuple[int, int, int, int]:
         """TF-"same" padding of ``conv_1`` for an ``h x w`` input, as ``F.pad`` wants it: (left, right, top, bottom)."""
@@ -351,9 +368,6 @@ class ConvBlock(nn.Module):
         if any(pads):
             x = F.pad(x, pads)
         if self.conv_type == "3d":
-            if self.conv3d_by_taps:
-                y = self._conv3d_by_taps(x)
-                return activation(y if self.conv_1.norm is None else self.conv_1.norm(y), self.act)
             return activation(self.conv_1(x), self.act)
         n, c, t, h, w = x.shape
         y = activation(self.conv_1(x.transpose(1, 2).reshape(n * t, c, h, w)), self.act)
@@ -365,23 +379,6 @@ class ConvBlock(nn.Module):
         front, back = (kt - 1, 0) if self.causal else ((kt - 1) // 2, (kt - 1) // 2)
         y = F.pad(y.reshape(n, co, t, ho * wo), (0, 0, front, back))
         return activation(self.conv_2(y), self.act).reshape(n, co, t, ho, wo)
-
-    def _conv3d_by_taps(self, x: Tensor) -> Tensor:
-        """``conv_1``'s Conv3d (before its BatchNorm) on the padded ``x [N, C, T + kt - 1, H, W]`` as the sum over its
-        ``kt`` temporal taps of a conv2d of the frames that tap reads: ``[N, Cout, T, H', W']``, the same numbers.
-        LiteRT has no grouped CONV_3D (its converter asks for TF Select ops), and XNNPACK runs no CONV_3D at all."""
-        conv = self.conv_1.conv
-        n, c, tp, h, w = x.shape
-        kt = self.kernel[0]
-        t = tp - kt + 1
-        frames = x.transpose(1, 2)  # [N, T + kt - 1, C, H, W]
-        taps = [F.conv2d(frames[:, k:k + t].reshape(n * t, c, h, w), conv.weight[:, :, k], stride=conv.stride[1:],
-                         groups=conv.groups) for k in range(kt)]
-        y = taps[0]
-        for tap in taps[1:]:
-            y = y + tap
-        y = y.reshape(n, t, *y.shape[1:]).transpose(1, 2)
-        return y if conv.bias is None else y + conv.bias.reshape(1, -1, 1, 1, 1)
 
     # -- frame path (folded weights, 4D) ---------------------------------------------------------------------------
     def refold(self, *, scale: Tensor | float = 1.0, shift: float = 0.0, in_scale: float = 1.0, gain: float = 1.0

@@ -68,6 +68,7 @@ from ._movinet_layers import (
     Bneck,
     ConvBlock,
     ConvType,
+    ConvUnit,
     StepLayout,
     activation,
     cumulative_mean,
@@ -140,17 +141,16 @@ class MoViNetBase(_Trunk, ClipModel):
 
     def with_step_layout(self, name: str, *, integer: bool = False) -> MoViNetBase:
         """For LiteRT (``"nhwc"``): a copy whose Conv3d layers are each written as one conv2d per temporal tap
-        (`ConvBlock._conv3d_by_taps`): LiteRT has no grouped CONV_3D and XNNPACK no CONV_3D. Same numbers, same
+        (`ConvUnit._conv3d_by_taps`): LiteRT has no grouped CONV_3D and XNNPACK no CONV_3D. Same numbers, same
         weights. ``"nchw"``: as built."""
         super().with_step_layout(name, integer=integer)
         by_taps = name == "nhwc"
-        blocks = [m for m in self.modules() if isinstance(m, ConvBlock)]
-        if all(b.conv3d_by_taps == by_taps for b in blocks):
+        if all(u.conv3d_by_taps == by_taps for u in self.modules() if isinstance(u, ConvUnit)):
             return self
         other = copy.deepcopy(self)
-        for b in other.modules():
-            if isinstance(b, ConvBlock):
-                b.conv3d_by_taps = by_taps
+        for u in other.modules():
+            if isinstance(u, ConvUnit):
+                u.conv3d_by_taps = by_taps
         return other
 
     def step(self, frame: Tensor, state: State) -> tuple[Tensor, State]:

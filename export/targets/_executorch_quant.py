@@ -183,9 +183,9 @@ def quantize(graph: torch.nn.Module, spec: IOSpec, args: tuple[torch.Tensor, ...
         raise ValueError(f"executorch has no precision {precision!r}")
     gm = torch.export.export(graph, args, strict=False).module()
     frozen = _freeze_new_tensors(gm)
-    keep = _state_nodes(gm, spec) if spec.states else set()
-    tails = _output_tails(gm, spec) - keep
-    keep |= tails
+    state = _state_nodes(gm, spec) if spec.states else set()
+    tails = _output_tails(gm, spec) - state
+    keep = state | tails
     pads = _pad_feeders(gm)
     from torchao.quantization.pt2e.quantizer import ComposableQuantizer
 
@@ -198,7 +198,7 @@ def quantize(graph: torch.nn.Module, spec: IOSpec, args: tuple[torch.Tensor, ...
     xnn.set_filter_function(allowed)
     prepared = prepare_pt2e(gm, ComposableQuantizer([xnn, _int8_extras(config, allowed)]))
     details: dict[str, Any] = {"tool": f"XNNPACKQuantizer (PT2E, torchao {package_version('torchao')})",
-                               "state_path_float32_ops": len(keep) - len(tails),
+                               "state_path_float32_ops": len(state),
                                "logits_tail_float32_ops": len(tails), "pad_input_float32_ops": len(pads),
                                "constants_frozen": frozen,
                                "weights": "int8 symmetric, per output channel",
