@@ -27,6 +27,7 @@ def staged_bundle(final: Path) -> Iterator[Path]:
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}.partial-{os.getpid()}-", dir=final.parent))
     try:
         yield staging
+        _usual_permissions(staging)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -39,25 +40,36 @@ def staged_bundle(final: Path) -> Iterator[Path]:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def recover(final: Path) -> None:
+def _usual_permissions(folder: Path) -> None:
+    """Give ``folder`` and all in it the permissions of anything made here (under umask 022: folders 0755, files
+    0644): the staging folder is private (``tempfile.mkdtemp``'s 0700, which the rename kept), and so are some files
+    converters write (coremltools' ``model.mlmodel``, 0600); a bundle is copied into apps and served to browsers."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [folder, *folder.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
+def recover(final: Path, *, dead_pid: int | None = None) -> None:
     """Clean up after exports to ``final`` that were killed before they could: a bundle moved aside and not
     replaced goes back to ``final``; their staging folders and other set-aside bundles are deleted. Only `abandoned`
-    folders are touched."""
+    folders are touched, and those of ``dead_pid`` (a child export known to have died) at once."""
     for old in sorted(final.parent.glob(f".{final.name}.old-*")):
-        if _orphaned(old):
+        if _orphaned(old, dead_pid):
             if final.exists():
                 shutil.rmtree(old, ignore_errors=True)
             else:
                 os.replace(old, final)
     for part in final.parent.glob(f".{final.name}.partial-*"):
-        if _orphaned(part):
+        if _orphaned(part, dead_pid):
             shutil.rmtree(part, ignore_errors=True)
 
 
-def _orphaned(path: Path) -> bool:
+def _orphaned(path: Path, dead_pid: int | None = None) -> bool:
     """``path`` (``.<name>.partial-<pid>-...`` or ``.<name>.old-<pid>``) was left by a killed export."""
     m = re.search(r"\.(?:partial|old)-(\d+)", path.name)
-    return m is not None and abandoned(path, int(m.group(1)))
+    return m is not None and (int(m.group(1)) == dead_pid or abandoned(path, int(m.group(1))))
 
 
 #: a folder untouched for this long (seconds) whose process is gone counts as abandoned

@@ -58,12 +58,13 @@ class CalibrationError(StexportError):
 STORE_PREFIX = "stexport-calibration-"
 
 
-def remove_orphaned_stores() -> None:
+def remove_orphaned_stores(*, dead_pid: int | None = None) -> None:
     """Delete the sample folders of exports killed before they could (SIGKILL: no finalizer runs; a stream model's
-    samples take gigabytes), those of processes that no longer run (`stexport.bundle.abandoned`)."""
+    samples take gigabytes), those of processes that no longer run (`stexport.bundle.abandoned`), and those of
+    ``dead_pid`` (a child export known to have died) at once."""
     for folder in Path(tempfile.gettempdir()).glob(f"{STORE_PREFIX}*"):
         m = re.match(re.escape(STORE_PREFIX) + r"(\d+)-", folder.name)
-        if m is not None and abandoned(folder, int(m.group(1))):
+        if m is not None and (int(m.group(1)) == dead_pid or abandoned(folder, int(m.group(1)))):
             shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from stexport import __version__
 
@@ -124,6 +125,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UnknownNameError, UnsupportedPrecisionError, OptionError) as e:
         print(f"stexport: error: {e}", file=sys.stderr)
         return 2
+    if argv is None:
+        from stexport.child import export_in_child, in_child
+
+        if not in_child():  # the console command: a native crash in the converter becomes a clear error
+            return export_in_child(args_list, final=Path(args.out) / args.model / args.target)
     from stexport.pipeline import export
 
     try:

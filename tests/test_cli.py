@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -111,3 +112,60 @@ def test_converter_chatter_is_captured_and_shown_only_on_failure(capfd: pytest.C
         raise RuntimeError("failed")
     out, err = capfd.readouterr()
     assert "the converter's last words" in err and "last words" not in out
+
+
+_CRASHING_EXPORT = """
+import os, signal, sys
+from pathlib import Path
+final = Path(sys.argv[1])
+final.parent.mkdir(parents=True, exist_ok=True)
+os.replace(final, final.parent / f".{final.name}.old-{os.getpid()}")  # the bundle being replaced, set aside
+part = final.parent / f".{final.name}.partial-{os.getpid()}-x"
+part.mkdir()
+(part / "manifest.json").write_text("{}")  # half written
+import tempfile
+Path(sys.argv[3]).write_text(tempfile.mkdtemp(prefix=f"stexport-calibration-{os.getpid()}-"))  # int8 samples
+os.kill(os.getpid(), getattr(signal, sys.argv[2]))
+"""
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize(("signame", "says"), [("SIGSEGV", "crash in native code"),
+                                               ("SIGKILL", "out-of-memory killer")])
+def test_an_export_killed_by_a_signal_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                       signame: str, says: str) -> None:
+    """The console command exports in a child process: a converter segfault (or the OOM killer) ends in one line
+    naming the signal and its usual cause, and the child's staging folder is removed and the bundle it had set
+    aside put back, and its calibration samples deleted, at once (not an hour later, as for an export killed
+    outright)."""
+    from stexport.calibration import STORE_PREFIX
+    from stexport.child import run_guarded
+
+    final = tmp_path / "m" / "tflite"
+    final.mkdir(parents=True)
+    (final / "manifest.json").write_text('{"old": true}')
+    samples = tmp_path / "samples_folder"
+    code = run_guarded([sys.executable, "-c", _CRASHING_EXPORT, str(final), signame, str(samples)], final=final)
+    err = capsys.readouterr().err
+    assert code == 1
+    assert f"killed by {signame}" in err and says in err and "no bundle was written" in err
+    assert sorted(p.name for p in final.parent.iterdir()) == ["tflite"]
+    assert (final / "manifest.json").read_text() == '{"old": true}'
+    assert Path(samples.read_text()).name.startswith(STORE_PREFIX) and not Path(samples.read_text()).exists()
+
+
+def test_the_console_command_survives_a_crash_in_its_export(tmp_path: Path) -> None:
+    """End to end: ``stexport`` (``python -m stexport.cli``) whose export segfaults (a ``sitecustomize`` makes the
+    export of the child process crash, as a converter would) exits 1 with the clear error, no traceback and no
+    bundle; the parent process itself checked the arguments and survived."""
+    (tmp_path / "sitecustomize.py").write_text(
+        "import os, signal\n"
+        "if os.environ.get('STEXPORT_IN_PROCESS'):\n"
+        "    import stexport.pipeline\n"
+        "    stexport.pipeline.export = lambda *a, **k: os.kill(os.getpid(), signal.SIGSEGV)\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    r = subprocess.run([sys.executable, "-m", "stexport.cli", "--model", "movinet_a0_stream", "--target", "onnx",
+                        "--out", str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=600)
+    assert r.returncode == 1, r.stderr
+    assert "killed by SIGSEGV" in r.stderr and "no bundle was written" in r.stderr and "Traceback" not in r.stderr
+    assert not list((tmp_path / "out").rglob("*")) if (tmp_path / "out").exists() else True

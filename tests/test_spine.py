@@ -139,6 +139,24 @@ def test_a_killed_export_leaves_the_previous_bundle(tmp_path: Path) -> None:
     assert sorted(p.name for p in final.parent.iterdir()) == sorted(["onnx", alive.name])
 
 
+def test_a_bundle_has_the_umask_permissions(tmp_path: Path) -> None:
+    """A bundle's folders and files get the permissions of anything made here (0755 and 0644 under umask 022), not
+    private ones: its staging folder came from ``tempfile.mkdtemp`` (0700) and the rename kept that, and
+    coremltools writes ``model.mlmodel`` 0600 inside the .mlpackage."""
+    from stexport.bundle import staged_bundle
+
+    umask = os.umask(0)
+    os.umask(umask)
+    final = tmp_path / "m" / "coreml"
+    with staged_bundle(final) as staging:
+        (staging / "m.mlpackage" / "Data").mkdir(parents=True, mode=0o700)
+        private = staging / "m.mlpackage" / "Data" / "model.mlmodel"
+        private.write_text("")
+        private.chmod(0o600)
+    assert {oct(p.stat().st_mode & 0o777) for p in [final, *final.rglob("*")] if p.is_dir()} == {oct(0o777 & ~umask)}
+    assert oct((final / "m.mlpackage" / "Data" / "model.mlmodel").stat().st_mode & 0o777) == oct(0o666 & ~umask)
+
+
 class _Unchanged(TinyStream):
     """TinyStream with a state its step returns unchanged."""
 

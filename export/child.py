@@ -1,0 +1,85 @@
+"""The ``stexport`` command runs each export in a child process, so that a crash in native code (a converter or a
+runtime segfaulting, the kernel's out-of-memory killer) ends in a clear error instead of a bare "Segmentation
+fault", and leaves no staging folder behind.
+
+The child is ``python -m stexport.cli`` with the same arguments and `IN_PROCESS` set; its output goes straight to
+the terminal. Set ``STEXPORT_IN_PROCESS=1`` yourself to run the export in the command's own process (for a
+debugger). The Python API (`stexport.export`) always runs in the caller's process.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from stexport.bundle import recover
+
+#: set in the child's environment (and honoured when a user sets it): export in this process
+IN_PROCESS = "STEXPORT_IN_PROCESS"
+
+_CAUSES = {
+    "SIGSEGV": "a crash in native code (a converter or runtime library, not stexport's Python)",
+    "SIGBUS": "a crash in native code (a converter or runtime library, not stexport's Python)",
+    "SIGILL": "native code using an instruction this CPU lacks (a converter or runtime library)",
+    "SIGABRT": "a native library aborting (a failed check inside a converter or runtime)",
+    "SIGFPE": "a crash in native code (a converter or runtime library)",
+    "SIGKILL": "usually the kernel's out-of-memory killer: the export needed more memory than was free "
+               "(MoViNet A4/A5 exports need 10-15 GB)",
+}
+
+
+def in_child() -> bool:
+    """True when this process should export itself (it is the child, or the user asked for one process)."""
+    return os.environ.get(IN_PROCESS, "") not in ("", "0")
+
+
+def export_in_child(argv: Sequence[str], *, final: Path) -> int:
+    """Run ``stexport <argv>`` in a child process and return its exit code. If the child dies of a signal, print
+    what that usually means and remove what it left (its staging folder beside ``final``, where a bundle it had moved
+    aside goes back; its int8 calibration samples), then return 1 (130 for an interrupt)."""
+    return run_guarded([sys.executable, "-m", "stexport.cli", *argv], final=final)
+
+
+def run_guarded(cmd: Sequence[str], *, final: Path) -> int:
+    """Run ``cmd`` (an export writing ``final``) with stdio inherited; see `export_in_child`."""
+    env = {**os.environ, IN_PROCESS: "1"}
+    proc = subprocess.Popen(list(cmd), env=env)
+    previous = signal.signal(signal.SIGTERM, lambda *_: proc.terminate())  # a terminated parent ends its child
+    try:
+        while True:
+            try:
+                code = proc.wait()
+                break
+            except KeyboardInterrupt:  # the child got the same interrupt: let it clean up, then report
+                continue
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    if code >= 0:
+        return code
+    from stexport.calibration import remove_orphaned_stores  # (imports torch: only after a crash)
+
+    recover(final, dead_pid=proc.pid)
+    remove_orphaned_stores(dead_pid=proc.pid)  # int8 calibration samples: gigabytes for a stream model
+    if -code in (signal.SIGINT, signal.SIGTERM):
+        print(f"stexport: interrupted ({signal.Signals(-code).name}); no bundle was written", file=sys.stderr)
+        return 130
+    print(f"stexport: error: {crash_message(-code)}", file=sys.stderr)
+    print("stexport: no bundle was written", file=sys.stderr)
+    return 1
+
+
+def crash_message(signum: int) -> str:
+    """One line on a child killed by signal ``signum``: the signal, its usual cause, and what to try."""
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:
+        name = f"signal {signum}"
+    cause = _CAUSES.get(name, "a crash outside Python")
+    hint = ("free memory (close other programs) or export a smaller variant" if name == "SIGKILL" else
+            "--verbose shows the converter's own output up to the crash; another --target or --precision may "
+            f"avoid it; run with {IN_PROCESS}=1 to debug it in one process")
+    return f"the export process was killed by {name} during the stage printed last above: {cause}. Try: {hint}"
