@@ -141,6 +141,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MissingExtraError as e:
         print(f"stexport: error: {e}", file=sys.stderr)
         return 3
+    except KeyboardInterrupt:
+        print("stexport: interrupted; no bundle was written", file=sys.stderr)
+        return 130
     except (CheckpointMismatchError, FileNotFoundError, StexportError) as e:
         print(f"stexport: error: {e}", file=sys.stderr)
         print("stexport: no bundle was written", file=sys.stderr)

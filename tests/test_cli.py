@@ -154,18 +154,24 @@ def test_an_export_killed_by_a_signal_is_a_clear_error(tmp_path: Path, capsys: p
     assert Path(samples.read_text()).name.startswith(STORE_PREFIX) and not Path(samples.read_text()).exists()
 
 
-def test_the_console_command_survives_a_crash_in_its_export(tmp_path: Path) -> None:
-    """End to end: ``stexport`` (``python -m stexport.cli``) whose export segfaults (a ``sitecustomize`` makes the
-    export of the child process crash, as a converter would) exits 1 with the clear error, no traceback and no
-    bundle; the parent process itself checked the arguments and survived."""
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+@pytest.mark.parametrize(("fate", "code", "says"), [
+    ("os.kill(os.getpid(), signal.SIGSEGV)", 1, "killed by SIGSEGV"),
+    ("raise KeyboardInterrupt", 130, "stexport: interrupted; no bundle was written")])
+def test_the_console_command_survives_a_crash_in_its_export(tmp_path: Path, fate: str, code: int, says: str) -> None:
+    """End to end: ``stexport`` (``python -m stexport.cli``) whose export segfaults, as a converter would (a
+    ``sitecustomize`` makes the child's export crash), exits 1 with the clear error, no traceback and no bundle;
+    the parent process checked the arguments and survived. Ctrl-C: exit 130, one line, no traceback."""
     (tmp_path / "sitecustomize.py").write_text(
         "import os, signal\n"
+        "def export(*args, **kwargs):\n"
+        f"    {fate}\n"
         "if os.environ.get('STEXPORT_IN_PROCESS'):\n"
         "    import stexport.pipeline\n"
-        "    stexport.pipeline.export = lambda *a, **k: os.kill(os.getpid(), signal.SIGSEGV)\n")
+        "    stexport.pipeline.export = export\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
     r = subprocess.run([sys.executable, "-m", "stexport.cli", "--model", "movinet_a0_stream", "--target", "onnx",
                         "--out", str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=600)
-    assert r.returncode == 1, r.stderr
-    assert "killed by SIGSEGV" in r.stderr and "no bundle was written" in r.stderr and "Traceback" not in r.stderr
+    assert r.returncode == code, r.stderr
+    assert says in r.stderr and "no bundle was written" in r.stderr and "Traceback" not in r.stderr
     assert not list((tmp_path / "out").rglob("*")) if (tmp_path / "out").exists() else True
