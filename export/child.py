@@ -21,12 +21,13 @@ from stexport.bundle import recover
 #: set in the child's environment (and honoured when a user sets it): export in this process
 IN_PROCESS = "STEXPORT_IN_PROCESS"
 
+_NATIVE = "a crash in native code (a converter or runtime library, not stexport's Python)"
 _CAUSES = {
-    "SIGSEGV": "a crash in native code (a converter or runtime library, not stexport's Python)",
-    "SIGBUS": "a crash in native code (a converter or runtime library, not stexport's Python)",
+    "SIGSEGV": _NATIVE,
+    "SIGBUS": _NATIVE,
+    "SIGFPE": _NATIVE,
     "SIGILL": "native code using an instruction this CPU lacks (a converter or runtime library)",
     "SIGABRT": "a native library aborting (a failed check inside a converter or runtime)",
-    "SIGFPE": "a crash in native code (a converter or runtime library)",
     "SIGKILL": "usually the kernel's out-of-memory killer: the export needed more memory than was free "
                "(MoViNet A4/A5 exports need 10-15 GB)",
 }

@@ -27,6 +27,10 @@ class RuntimeUnavailable(RuntimeError):
     pass
 
 
+#: a file coremltools writes into an .mlpackage converted from torch.export (`convert` removes it)
+DEBUG_HANDLE_MAP = "executorch_debug_handle_mapping.json"
+
+
 def _fp16_selector(spec: IOSpec, kept: set[str]) -> Any:
     """``op_selector`` for FP16ComputePrecision: every op except the state-update path's (named into ``kept``)."""
     cache: dict[int, set[str]] = {}
@@ -81,6 +85,9 @@ def convert(graph: GraphModule, spec: IOSpec, path: Path, *, precision: str, met
     model.user_defined_metadata.update(metadata)
     model.short_description = metadata.get("description", "")
     model.save(str(path))
+    # coremltools 9 adds ExecuTorch's debug-handle map to a package converted from torch.export (every handle null
+    # here: 0.2 MB for A0) that no Core ML runtime reads and the package's manifest does not list
+    (path / DEBUG_HANDLE_MAP).unlink(missing_ok=True)
     check_spec(path, spec)
     facts: dict[str, Any] = {"converter": "coremltools", "coremltools": ct.__version__,
                              "minimum_deployment_target": "iOS15"}
