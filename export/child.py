@@ -2,9 +2,10 @@
 runtime segfaulting, the kernel's out-of-memory killer) ends in a clear error instead of a bare "Segmentation
 fault", and leaves no staging folder behind.
 
-The child is ``python -m stexport.cli`` with the same arguments and `IN_PROCESS` set; its output goes straight to
-the terminal. Set ``STEXPORT_IN_PROCESS=1`` yourself to run the export in the command's own process (for a
-debugger). The Python API (`stexport.export`) always runs in the caller's process.
+The child is ``python -m stexport.cli`` with the same arguments and `IN_PROCESS` set; it checks them and exports,
+and its output goes straight to the terminal. The parent only parses the command line (no torch: 0.04 s). Set
+``STEXPORT_IN_PROCESS=1`` yourself to run the export in the command's own process (for a debugger). The Python API
+(`stexport.export`) always runs in the caller's process.
 """
 
 from __future__ import annotations

@@ -110,6 +110,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print("stexport: error: --model and --target are required (or --list)", file=sys.stderr)
         return 2
+    if argv is None:
+        from stexport.child import export_in_child, in_child
+
+        if not in_child():  # the console command: a native crash in the converter becomes a clear error
+            return export_in_child(args_list, final=Path(args.out) / args.model / args.target)
     from stexport.boundary import check_io
     from stexport.errors import MissingExtraError, StexportError, UnsupportedPrecisionError
     from stexport.models import CheckpointMismatchError, UnknownNameError, get_entry
@@ -125,11 +130,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UnknownNameError, UnsupportedPrecisionError, OptionError) as e:
         print(f"stexport: error: {e}", file=sys.stderr)
         return 2
-    if argv is None:
-        from stexport.child import export_in_child, in_child
-
-        if not in_child():  # the console command: a native crash in the converter becomes a clear error
-            return export_in_child(args_list, final=Path(args.out) / args.model / args.target)
     from stexport.pipeline import export
 
     try:

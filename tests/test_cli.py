@@ -161,7 +161,7 @@ def test_an_export_killed_by_a_signal_is_a_clear_error(tmp_path: Path, capsys: p
 def test_the_console_command_survives_a_crash_in_its_export(tmp_path: Path, fate: str, code: int, says: str) -> None:
     """End to end: ``stexport`` (``python -m stexport.cli``) whose export segfaults, as a converter would (a
     ``sitecustomize`` makes the child's export crash), exits 1 with the clear error, no traceback and no bundle;
-    the parent process checked the arguments and survived. Ctrl-C: exit 130, one line, no traceback."""
+    the parent process (no torch imported before the child runs) survived. Ctrl-C: exit 130, one line, no traceback."""
     (tmp_path / "sitecustomize.py").write_text(
         "import os, signal\n"
         "def export(*args, **kwargs):\n"
@@ -170,8 +170,12 @@ def test_the_console_command_survives_a_crash_in_its_export(tmp_path: Path, fate
         "    import stexport.pipeline\n"
         "    stexport.pipeline.export = export\n")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
-    r = subprocess.run([sys.executable, "-m", "stexport.cli", "--model", "movinet_a0_stream", "--target", "onnx",
-                        "--out", str(tmp_path / "out")], capture_output=True, text=True, env=env, timeout=600)
+    r = subprocess.run([sys.executable, "-X", "importtime", "-m", "stexport.cli", "--model", "movinet_a0_stream",
+                        "--target", "onnx", "--out", str(tmp_path / "out")], capture_output=True, text=True, env=env,
+                        timeout=600)
     assert r.returncode == code, r.stderr
+    # the parent's imports up to the child's start (the child runs without -X importtime): no torch
+    parent = [line.split("|")[-1].strip() for line in r.stderr.splitlines() if line.startswith("import time:")]
+    assert "stexport.child" in parent and not [m for m in parent[:parent.index("stexport.child")] if "torch" in m]
     assert says in r.stderr and "no bundle was written" in r.stderr and "Traceback" not in r.stderr
     assert not list((tmp_path / "out").rglob("*")) if (tmp_path / "out").exists() else True
