@@ -69,18 +69,21 @@ def recover(final: Path, *, dead_pid: int | None = None) -> None:
 def _orphaned(path: Path, dead_pid: int | None = None) -> bool:
     """``path`` (``.<name>.partial-<pid>-...`` or ``.<name>.old-<pid>``) was left by a killed export."""
     m = re.search(r"\.(?:partial|old)-(\d+)", path.name)
-    return m is not None and (int(m.group(1)) == dead_pid or abandoned(path, int(m.group(1))))
+    return m is not None and abandoned(path, int(m.group(1)), dead_pid=dead_pid)
 
 
 #: a folder untouched for this long (seconds) whose process is gone counts as abandoned
 IDLE_SECONDS = 3600.0
 
 
-def abandoned(folder: Path, pid: int) -> bool:
-    """``folder``, made by process ``pid``, was left behind: no process ``pid`` runs here and nothing in the folder
-    changed for `IDLE_SECONDS` (a process id seen from another PID namespace sharing the folder, a container's,
-    looks gone: the idle time keeps a running export's folder safe). False whenever that cannot be told (another
-    user's process, or Windows, where ``os.kill`` would terminate it), and for this process."""
+def abandoned(folder: Path, pid: int, *, dead_pid: int | None = None) -> bool:
+    """``folder``, made by process ``pid``, was left behind: ``pid`` is ``dead_pid`` (a child export known to have
+    died), or no process ``pid`` runs here and nothing in the folder changed for `IDLE_SECONDS` (a process id seen
+    from another PID namespace sharing the folder, a container's, looks gone: the idle time keeps a running export's
+    folder safe). False whenever that cannot be told (another user's process, or Windows, where ``os.kill`` would
+    terminate it), and for this process."""
+    if pid == dead_pid:
+        return True
     if pid == os.getpid() or os.name == "nt":
         return False
     try:

@@ -64,7 +64,7 @@ def remove_orphaned_stores(*, dead_pid: int | None = None) -> None:
     ``dead_pid`` (a child export known to have died) at once."""
     for folder in Path(tempfile.gettempdir()).glob(f"{STORE_PREFIX}*"):
         m = re.match(re.escape(STORE_PREFIX) + r"(\d+)-", folder.name)
-        if m is not None and (int(m.group(1)) == dead_pid or abandoned(folder, int(m.group(1)))):
+        if m is not None and abandoned(folder, int(m.group(1)), dead_pid=dead_pid):
             shutil.rmtree(folder, ignore_errors=True)
 
 

@@ -108,7 +108,7 @@ def test_as_built_zero_gates_are_opened_for_timing() -> None:
     from stexport.benchmarks.suite import WEIGHTS_NOTE, _resolve
 
     module, _, _ = _resolve("movinet_a0", None)
-    alphas = [float(p) for n, p in module.named_parameters() if n.endswith("alpha")]
+    alphas = [p.item() for n, p in module.named_parameters() if n.endswith("alpha")]
     assert len(alphas) == 15 and set(alphas) == {0.5}
     assert "0.5" in WEIGHTS_NOTE
 
