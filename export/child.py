@@ -32,6 +32,16 @@ _CAUSES = {
     "SIGKILL": "usually the kernel's out-of-memory killer: the export needed more memory than was free "
                "(MoViNet A4/A5 exports need 10-15 GB)",
 }
+#: Windows ends a crashed process with an NTSTATUS exit code, not a signal: (what it is, the like POSIX signal)
+_WINDOWS = {
+    0xC0000005: ("access violation", "SIGSEGV"),
+    0xC00000FD: ("stack overflow", "SIGSEGV"),
+    0xC0000409: ("fail-fast exit", "SIGABRT"),
+    0xC000001D: ("illegal instruction", "SIGILL"),
+    0xC0000094: ("integer division by zero", "SIGFPE"),
+    0xC0000017: ("out of memory", "SIGKILL"),
+    0xC000013A: ("Ctrl-C", "SIGINT"),
+}
 
 
 def in_child() -> bool:
@@ -60,28 +70,45 @@ def run_guarded(cmd: Sequence[str], *, final: Path) -> int:
                 continue
     finally:
         signal.signal(signal.SIGTERM, previous)
-    if code >= 0:
+    killed = killed_by(code, windows=sys.platform == "win32")
+    if killed is None:
         return code
     from stexport.calibration import remove_orphaned_stores  # (imports torch: only after a crash)
 
     recover(final, dead_pid=proc.pid)
     remove_orphaned_stores(dead_pid=proc.pid)  # int8 calibration samples: gigabytes for a stream model
-    if -code in (signal.SIGINT, signal.SIGTERM):
-        print(f"stexport: interrupted ({signal.Signals(-code).name}); no bundle was written", file=sys.stderr)
+    name, like = killed
+    if like in ("SIGINT", "SIGTERM"):
+        print(f"stexport: interrupted ({like}); no bundle was written", file=sys.stderr)
         return 130
-    print(f"stexport: error: {crash_message(-code)}", file=sys.stderr)
+    print(f"stexport: error: {crash_message(name, like)}", file=sys.stderr)
     print("stexport: no bundle was written", file=sys.stderr)
     return 1
 
 
-def crash_message(signum: int) -> str:
-    """One line on a child killed by signal ``signum``: the signal, its usual cause, and what to try."""
-    try:
-        name = signal.Signals(signum).name
-    except ValueError:
-        name = f"signal {signum}"
-    cause = _CAUSES.get(name, "a crash outside Python")
-    hint = ("free memory (close other programs) or export a smaller variant" if name == "SIGKILL" else
+def killed_by(code: int, *, windows: bool) -> tuple[str, str] | None:
+    """What ended a child that exited with ``code``: (its name, the POSIX signal it is like), or None if the child
+    exited by itself. POSIX: a negative code is the signal. Windows: a crash is an NTSTATUS code (`_WINDOWS`)."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return name, name
+    if windows and code in _WINDOWS:
+        what, like = _WINDOWS[code]
+        return f"status 0x{code:08X} ({what})", like
+    return None
+
+
+def crash_message(name: str, like: str) -> str:
+    """One line on a child killed by ``name`` (a signal, or a Windows status like signal ``like``): its usual
+    cause, and what to try."""
+    cause = _CAUSES.get(like, "a crash outside Python")
+    if like == "SIGKILL" and like != name:  # Windows: the process itself ran out of memory
+        cause = "out of memory: the export needed more than was free (MoViNet A4/A5 exports need 10-15 GB)"
+    hint = ("free memory (close other programs) or export a smaller variant" if like == "SIGKILL" else
             "--verbose shows the converter's own output up to the crash; another --target or --precision may "
             f"avoid it; run with {IN_PROCESS}=1 to debug it in one process")
-    return f"the export process was killed by {name} during the stage printed last above: {cause}. Try: {hint}"
+    ended = "was killed by" if name == like else "ended with"
+    return f"the export process {ended} {name} during the stage printed last above: {cause}. Try: {hint}"

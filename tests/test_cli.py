@@ -154,6 +154,25 @@ def test_an_export_killed_by_a_signal_is_a_clear_error(tmp_path: Path, capsys: p
     assert Path(samples.read_text()).name.startswith(STORE_PREFIX) and not Path(samples.read_text()).exists()
 
 
+@pytest.mark.parametrize(("code", "windows", "ended", "says"), [
+    (-11, False, ("SIGSEGV", "SIGSEGV"), "killed by SIGSEGV during the stage printed last above: a crash in native"),
+    (0xC0000005, True, ("status 0xC0000005 (access violation)", "SIGSEGV"),
+     "ended with status 0xC0000005 (access violation) during the stage printed last above: a crash in native"),
+    (0xC0000017, True, ("status 0xC0000017 (out of memory)", "SIGKILL"), "out of memory: the export needed more"),
+    (0xC000013A, True, ("status 0xC000013A (Ctrl-C)", "SIGINT"), None),
+    (0xC0000005, False, None, None), (1, True, None, None), (0, False, None, None)])
+def test_a_crashed_childs_exit_code_is_named(code: int, windows: bool, ended: tuple[str, str] | None,
+                                            says: str | None) -> None:
+    """A child killed by a signal (POSIX: a negative exit code) or, on Windows, ended by a crash status (an NTSTATUS
+    exit code such as 0xC0000005, where before the command exited with that code and said nothing) is named with its
+    usual cause; an exit code of the child's own is passed on as it is."""
+    from stexport.child import crash_message, killed_by
+
+    assert killed_by(code, windows=windows) == ended
+    if says is not None:
+        assert ended is not None and says in crash_message(*ended)
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 @pytest.mark.parametrize(("fate", "code", "says"), [
     ("os.kill(os.getpid(), signal.SIGSEGV)", 1, "killed by SIGSEGV"),

@@ -687,7 +687,8 @@ def test_executorch_int8_hardswish_is_one_int8_op() -> None:
     calls = [n for n in lowered.exported_program().graph.nodes if n.op == "call_function"]
     assert all("executorch_call_delegate" in str(n.target) or "getitem" in str(n.target) for n in calls), calls
     assert _layout_copies(lowered) == 2
-    got = _load_for_executorch_from_buffer(lowered.to_executorch().buffer).forward([x])[0]
+    program = lowered.to_executorch().buffer  # held: the loaded module reads this buffer, it does not copy it
+    got = _load_for_executorch_from_buffer(program).forward([x])[0]
     with torch.no_grad():
         want = converted(x)
     assert (got - want).abs().max() <= 0.02 * want.abs().max()
