@@ -166,7 +166,6 @@ def program_facts(path: Path, spec: IOSpec) -> tuple[set[str], bool]:
         ordered = flag is not None and bool(value(flag, flag.Outputs(0), Bool.Bool).BoolVal())
         calls = [c.Instructions(k).InstrArgsType() for c in map(plan.Chains, range(plan.ChainsLength()))
                  for k in range(c.InstructionsLength())]
-        del root, plans, plan, flag  # (they view the map)
     kinds = InstructionArguments.InstructionArguments
     channels_last = {n for n, d in zip(spec.input_names, orders) if d == (0, 2, 3, 1)}
     return channels_last, ordered and calls.count(kinds.DelegateCall) == 1 and kinds.KernelCall not in calls
