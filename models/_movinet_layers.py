@@ -221,7 +221,8 @@ def running_mean(s: Tensor, mean: Tensor, r: Tensor, *, frames: int = 1, saturat
     """The cumulative pool of ``step``: ``s [N*F, C]`` per-frame values of F consecutive frames (frame-major),
     ``mean [N, C]`` over the frames before, ``r [N*F, 1]`` = 1 / count at each frame -> (the mean at each frame
     ``[N*F, C]``, the mean after the last frame ``[N, C]``). Each frame: ``m += (s - m) * r``. For F > 1 and a
-    count that only grows, that is one cumsum; a count ``saturating`` at a window runs the recurrence per frame.
+    count that only grows, that is a running sum (written as prefix means, below); a count ``saturating`` at a window
+    runs the recurrence per frame.
 
     ``apart`` (F = 1): the first result is the same values computed by other ops, so that what reads it does not
     read the state output (an int8 op reading a graph output must stay float in LiteRT, see `_tflite_quant`). It is
@@ -240,7 +241,14 @@ def running_mean(s: Tensor, mean: Tensor, r: Tensor, *, frames: int = 1, saturat
             out.append(m)
         m3 = torch.stack(out, 1)
     else:
-        m3 = mean[:, None] + torch.cumsum(s3 - mean[:, None], 1) * r3
+        # m_t = mean + r_t * sum_{j<=t} (s_j - mean), the sum as prefix means (one fully connected layer over the
+        # frame axis with constant weights) times (t + 1) * r_t: its output keeps the range of s, where a cumsum's
+        # grows with t (an int8 export quantizes that output per tensor; LiteRT's XNNPACK runs no CUMSUM)
+        t1 = torch.tensor([float(t + 1) for t in range(frames)], dtype=s.dtype, device=s.device)
+        prefix_mean = torch.tensor([[1.0 / (t + 1) if j <= t else 0.0 for j in range(frames)]
+                                    for t in range(frames)], dtype=s.dtype, device=s.device)
+        p = F.linear((s3 - mean[:, None]).transpose(1, 2), prefix_mean).transpose(1, 2)
+        m3 = mean[:, None] + p * (t1[:, None] * r3)
     return m3.reshape(-1, c), m3[:, -1]
 
 

@@ -240,6 +240,26 @@ def test_clip_form_equals_reference_path(name, options, one_thread):
     assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
 
 
+def test_multi_frame_running_mean_is_the_per_frame_recurrence():
+    """`running_mean` over F frames at once (prefix means times ``(t + 1) / count``, the clip form's pools) equals
+    the per-frame recurrence ``m += (s - m) / count`` for streams with their own earlier means and counts (float64)."""
+    from stexport.models._movinet_layers import running_mean
+
+    n, f, c = 3, 8, 5
+    g = torch.Generator().manual_seed(0)
+    s = torch.randn(n * f, c, generator=g, dtype=torch.float64)
+    mean = torch.randn(n, c, generator=g, dtype=torch.float64)
+    count = torch.tensor([[0.0], [3.0], [10.0]], dtype=torch.float64) + torch.arange(1, f + 1, dtype=torch.float64)
+    r = (1.0 / count).reshape(-1, 1)
+    got, last = running_mean(s, mean, r, frames=f)
+    want, m = [], mean
+    for t in range(f):
+        m = m + (s.reshape(n, f, c)[:, t] - m) * r.reshape(n, f, 1)[:, t]
+        want.append(m)
+    assert (got - torch.stack(want, 1).reshape(-1, c)).abs().max() < 1e-12
+    assert (last - m).abs().max() < 1e-12
+
+
 # -- the step graph is 4D only -----------------------------------------------------------------------------------------
 class _StepWrapper(torch.nn.Module):
     def __init__(self, model: M.StreamModel) -> None:
