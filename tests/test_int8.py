@@ -109,6 +109,21 @@ def test_movinet_int8_tflite_is_one_integer_partition(tmp_path: Path) -> None:
     assert readers and set(readers) == {"QUANTIZE"}, readers
 
 
+def test_trained_movinet_int8_tflite_clip_form(tmp_path: Path) -> None:
+    """The clip form of the trained A0 in full int8: its running means over the clip are prefix means (a fully
+    connected layer over the frames), not a CUMSUM that XNNPACK does not run (17 partitions), and 16 calibration
+    clips: one XNNPACK partition, and the parity gate passes (max abs err 0.46 of tol 0.93 measured; 0.99 with the
+    cumsum and 8 clips, failed)."""
+    bundle = stexport.export("movinet_a0_stream_motion7", target="tflite", precision="int8", form="clip",
+                             out=tmp_path, progress=lambda s: None)
+    m = json.loads((bundle / "manifest.json").read_text())
+    assert m["parity"]["passed"], m["parity"]
+    assert m["parity"]["max_abs_err"]["logits"] < 0.7 * m["parity"]["tolerance"]["logits_max_abs"], m["parity"]
+    artifact = bundle / m["artifact"]["file"]
+    assert "CUMSUM" not in tflite_ops(artifact)
+    assert tflite_partitions(artifact)["delegate_partitions"] == 1
+
+
 def test_untrained_movinet_int8_tflite_is_one_partition(tmp_path: Path) -> None:
     """An untrained A0 stream (ReZero branches of near-zero values: a residual ADD's input range is ~1e-9 of its
     output's) still runs in one XNNPACK partition: the near-constant ranges are widened after the percentile
