@@ -121,6 +121,8 @@ class Calibration:
     sequences: int
     warning: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: the model's own ONNX int8 range percentile (`ModelEntry.onnx_int8_percentile`), None: the target's default
+    onnx_percentile: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"source": self.source, "frames": self.frames, "sequences": self.sequences,
@@ -263,7 +265,8 @@ def build_calibration(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarra
                 clip = x[i:i + t].transpose(0, 1).unsqueeze(0)
                 samples.append({"clip": pack_clip(clip, spec.inputs[0].layout).contiguous().numpy()})
     n_frames = sum(len(s) for s, _ in seqs)
-    return Calibration(samples, desc, n_frames, len(seqs), warning)
+    return Calibration(samples, desc, n_frames, len(seqs), warning,
+                       onnx_percentile=entry.onnx_int8_percentile if entry is not None else None)
 
 
 def _clip_frames(spec: IOSpec) -> int:

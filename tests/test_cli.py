@@ -29,6 +29,15 @@ def test_list_shows_models_targets_and_extras(capsys) -> None:  # type: ignore[n
     assert "installed" in out and "clip" in out
 
 
+def test_help_states_the_calibration_defaults(capsys: pytest.CaptureFixture[str]) -> None:
+    from stexport.calibration import CLIP_COUNT, STREAM_FRAMES
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"stream form, default {STREAM_FRAMES}" in text and f"clip form, default {CLIP_COUNT}" in text
+
+
 def test_list_models_pattern() -> None:
     names = stexport.list_models()
     assert names == sorted(names) and names
