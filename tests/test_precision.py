@@ -394,8 +394,6 @@ def test_int8_logits_keep_their_whole_calibrated_range(tmp_path: Path, target: s
     assert rel[0] <= 1.5 * float(np.median(rel[2:])), rel
 
 
-# ---- the A0 stream fixture: authors' numbers through reduced precisions --------------------------------------------
-
 def test_tflite_int8_dynamic_keeps_the_stem_float(tmp_path: Path) -> None:
     """LiteRT int8-dynamic leaves the conv that reads the image in float32 (the others get int8 weights): with it
     quantized, the trained A0's clip form failed its gate (max abs err 0.75, tol 0.69, SNR 16.2 dB); float: 0.28 of
@@ -414,6 +412,8 @@ def test_tflite_int8_dynamic_keeps_the_stem_float(tmp_path: Path) -> None:
     weights = [dtype[o["inputs"][1]] for o in convs]
     assert weights[0] == np.float32 and all(w == np.int8 for w in weights[1:]), weights
 
+
+# ---- the A0 stream fixture: authors' numbers through reduced precisions --------------------------------------------
 
 @pytest.mark.parametrize("target,precision", list(FIXTURE_TOL))
 def test_a0_stream_fixture_in_reduced_precision(tmp_path: Path, target: str, precision: str) -> None:
