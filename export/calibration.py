@@ -274,6 +274,63 @@ def _clip_frames(spec: IOSpec) -> int:
     return int(shape[2]) if layout == "NCTHW" else int(shape[1]) // 3
 
 
+# ---- activation ranges: the percentile rule ------------------------------------------------------------------------
+
+#: int8 activation ranges (LiteRT, ExecuTorch): this percentile of the values seen in calibration (and its mirror),
+#: not their extremes. A few outliers stretch a per-tensor int8 scale over the whole range and leave the bulk of the
+#: values a handful of levels (MoViNet's depthwise activations); a range set by the extremes of a few calibration
+#: samples also moves with whichever samples were drawn.
+RANGE_PERCENTILE = 99.99
+#: values of one tensor sampled per calibration sample for its percentiles (all of them when it has fewer)
+VALUES_PER_SAMPLE = 4096
+
+
+def sample_values(values: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """At most `VALUES_PER_SAMPLE` of the flattened ``values``, drawn without replacement."""
+    v = np.asarray(values).ravel()
+    return v if v.size <= VALUES_PER_SAMPLE else rng.choice(v, VALUES_PER_SAMPLE, replace=False)
+
+
+class PercentileRange:
+    """The `RANGE_PERCENTILE` percentiles (low and high) of at most ``most`` values that arrive in parts, holding
+    only the ``k`` smallest and ``k`` largest of each part: ``np.percentile`` reads just the two order statistics
+    next to each percentile's position, and those lie among the ``k`` extremes of the whole, which lie among each
+    part's ``k`` extremes. Exactly ``np.percentile`` of all the values, in ``2 k`` values a part (110 of 4096 for
+    128 samples) instead of all of them."""
+
+    def __init__(self, most: int) -> None:
+        self.k = int((most - 1) * (100 - RANGE_PERCENTILE) / 100) + 3  # a tail holding both order statistics
+        self.n = 0
+        self.kept: list[np.ndarray] = []
+
+    def add(self, values: np.ndarray) -> None:
+        k = self.k
+        self.n += values.size
+        if values.size > 2 * k:
+            part = np.partition(values, (k - 1, values.size - k))
+            values = np.concatenate((part[:k], part[-k:]))
+        self.kept.append(values)
+
+    def percentiles(self) -> tuple[float, float]:
+        kept = np.sort(np.concatenate(self.kept))
+        if kept.size < self.n:  # the middle, never read, stands in as copies of the k-th smallest value
+            k = self.k
+            kept = np.concatenate((kept[:k], np.full(self.n - 2 * k, kept[k - 1], kept.dtype), kept[-k:]))
+        lo, hi = np.percentile(kept, [100 - RANGE_PERCENTILE, RANGE_PERCENTILE])
+        return float(lo), float(hi)
+
+
+
+def histogram_percentiles(counts: np.ndarray, lo: float, hi: float) -> tuple[float, float]:
+    """The `RANGE_PERCENTILE` percentiles (low, high) of values counted in ``len(counts)`` equal bins over
+    ``[lo, hi]``: the outer edges of the bins that hold them (at most one bin wider than the exact percentiles)."""
+    counts = np.asarray(counts, np.float64)
+    cdf = np.cumsum(counts) / max(float(counts.sum()), 1e-30)
+    edges = np.linspace(lo, hi, counts.size + 1)
+    first = int(np.searchsorted(cdf, (100 - RANGE_PERCENTILE) / 100, side="left"))
+    last = int(np.searchsorted(cdf, RANGE_PERCENTILE / 100, side="left"))
+    return float(edges[first]), float(edges[min(last, counts.size - 1) + 1])
+
 # ---- the state-update path ----------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)

@@ -209,19 +209,51 @@ def test_killed_exports_samples_go_with_the_next_store(tmp_path: Path, monkeypat
 
 
 def test_percentile_tails_give_exactly_the_percentiles_of_all_values() -> None:
-    """`_percentile_ranges` keeps each sample's extremes only; its percentiles equal np.percentile of everything."""
-    from stexport.targets._tflite_quant import _VALUES_PER_SAMPLE, RANGE_PERCENTILE, _Extremes
+    """`PercentileRange` keeps each sample's extremes only; its percentiles equal np.percentile of everything."""
+    from stexport.calibration import RANGE_PERCENTILE, VALUES_PER_SAMPLE, PercentileRange
 
     rng = np.random.default_rng(3)
     for sizes in ([4096] * 128, [4096] * 3, [50] * 40, [7, 4096, 300, 4096, 1]):
         parts = [rng.standard_t(2, n).astype(np.float32) for n in sizes]
-        e = _Extremes(len(sizes) * _VALUES_PER_SAMPLE)
+        e = PercentileRange(len(sizes) * VALUES_PER_SAMPLE)
         for v in parts:
             e.add(v)
         want = np.percentile(np.concatenate(parts), [100 - RANGE_PERCENTILE, RANGE_PERCENTILE])
         assert e.percentiles() == (float(want[0]), float(want[1]))
         assert sum(k.size for k in e.kept) <= sum(min(n, 2 * e.k) for n in sizes)
 
+
+
+def test_histogram_percentiles_bracket_the_exact_percentiles() -> None:
+    """`histogram_percentiles` (ExecuTorch's observers) gives the bin edges around np.percentile's values, at most
+    one bin wider on each side."""
+    from stexport.calibration import RANGE_PERCENTILE, histogram_percentiles
+
+    rng = np.random.default_rng(4)
+    for v in (rng.standard_t(2, 200_000), np.abs(rng.standard_normal(50_000)), rng.uniform(-3, 1, 10_000)):
+        lo, hi = float(v.min()), float(v.max())
+        counts, _ = np.histogram(v, bins=2048, range=(lo, hi))
+        width = (hi - lo) / 2048
+        want_lo, want_hi = np.percentile(v, [100 - RANGE_PERCENTILE, RANGE_PERCENTILE])
+        got_lo, got_hi = histogram_percentiles(counts, lo, hi)
+        assert want_lo - width - 1e-9 <= got_lo <= want_lo + 1e-9, (got_lo, want_lo)
+        assert want_hi - 1e-9 <= got_hi <= want_hi + width + 1e-9, (got_hi, want_hi)
+
+
+def test_executorch_int8_observer_ranges_are_the_percentiles() -> None:
+    """ExecuTorch int8 activation ranges follow LiteRT's rule: a few outliers do not set the scale; an observer
+    marked ``full_range`` (image input, logits) keeps the min and max."""
+    from stexport.targets._executorch_quant import _percentile_observer
+
+    x = torch.cat([torch.rand(100_000), torch.tensor([40.0, -25.0])])  # two outliers
+    obs = _percentile_observer()(dtype=torch.int8, quant_min=-128, quant_max=127, eps=2**-12)  # as XNNPACK asks
+    obs(x)
+    scale, zero = obs.calculate_qparams()
+    lo, hi = float((-128 - zero) * scale), float((127 - zero) * scale)
+    assert -0.05 <= lo <= 0.0 and 0.99 <= hi <= 1.05, (lo, hi)  # values in [0, 1], not [-25, 40]
+    obs.full_range = True
+    scale, zero = obs.calculate_qparams()
+    assert abs(float(scale) - 65 / 255) < 1e-6, scale
 
 # ---- tiny exports: every quantizing path, fast ---------------------------------------------------------------------
 
@@ -378,7 +410,9 @@ def test_int8_logits_keep_their_whole_calibrated_range(tmp_path: Path, target: s
     """Activation ranges are percentiles of the calibration, which would clip a rare frame's top logits (the
     ensemble's int8 exports failed their parity gate on the first frame): the logits keep their whole range, so the
     first frame's error, relative to its logits, is like the later frames'. Measured, frame 0 / the median of frames
-    2-7: clipped 2.3x (tflite; onnx failed its parity gate, 0.13 > 0.091); whole range 0.79x (tflite), 1.24x (onnx)."""
+    2-7: clipped 2.3x (tflite; onnx failed its parity gate, 0.13 > 0.091); whole range 0.79x (tflite), 1.24x (onnx).
+    ExecuTorch reads 6.9x with XNNPACKQuantizer's histogram observers and 10x with its percentile ranges (logits at
+    their whole range), both within its gate: not asserted here."""
     from stexport.parity import feeds_for, run_loop, torch_runner
     from stexport.streaming import load_bundle_runner
 

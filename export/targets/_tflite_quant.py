@@ -24,7 +24,15 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from stexport.calibration import Calibration, Node, state_path
+from stexport.calibration import (
+    RANGE_PERCENTILE,
+    VALUES_PER_SAMPLE,
+    Calibration,
+    Node,
+    PercentileRange,
+    sample_values,
+    state_path,
+)
 from stexport.manifest import package_version
 from stexport.spec import IOSpec
 
@@ -229,53 +237,14 @@ def quantize(path: Path, spec: IOSpec, precision: str, calibration: Calibration 
     return details
 
 
-#: activation ranges: this percentile of the values seen in calibration (and its mirror), not the extremes
-RANGE_PERCENTILE = 99.99
-_VALUES_PER_SAMPLE = 4096
-
-
-class _Extremes:
-    """The `RANGE_PERCENTILE` percentiles (low and high) of at most ``most`` values that arrive in parts, holding
-    only the ``k`` smallest and ``k`` largest of each part: ``np.percentile`` reads just the two order statistics
-    next to each percentile's position, and those lie among the ``k`` extremes of the whole, which lie among each
-    part's ``k`` extremes. Exactly ``np.percentile`` of all the values, in ``2 k`` values a part (110 of 4096 for
-    128 samples) instead of all of them."""
-
-    def __init__(self, most: int) -> None:
-        self.k = int((most - 1) * (100 - RANGE_PERCENTILE) / 100) + 3  # a tail holding both order statistics
-        self.n = 0
-        self.kept: list[Any] = []
-
-    def add(self, values: Any) -> None:
-        import numpy as np
-
-        k = self.k
-        self.n += values.size
-        if values.size > 2 * k:
-            part = np.partition(values, (k - 1, values.size - k))
-            values = np.concatenate((part[:k], part[-k:]))
-        self.kept.append(values)
-
-    def percentiles(self) -> tuple[float, float]:
-        import numpy as np
-
-        kept = np.sort(np.concatenate(self.kept))
-        if kept.size < self.n:  # the middle, never read, stands in as copies of the k-th smallest value
-            k = self.k
-            kept = np.concatenate((kept[:k], np.full(self.n - 2 * k, kept[k - 1], kept.dtype), kept[-k:]))
-        lo, hi = np.percentile(kept, [100 - RANGE_PERCENTILE, RANGE_PERCENTILE])
-        return float(lo), float(hi)
-
-
 def _percentile_ranges(float_model: bytes, samples: Sequence[dict[str, Any]], qsvs: dict[str, Any], *,
                        keep: set[str], keep_outputs: set[str]) -> int:
     """Narrow each activation's calibrated [min, max] (in place) to the `RANGE_PERCENTILE` percentiles of its values
-    over the samples (a random subset of each sample's values), keeping 0 inside: a few outliers stretch a
-    per-tensor int8 scale over the whole range and leave the bulk of the values a handful of levels (MoViNet's
-    depthwise activations). The tensors named in ``keep`` (the frame: its range is the preprocessing's, and
-    clipping it would saturate bright pixels) and the signature outputs named in ``keep_outputs`` (the logits:
-    their largest values decide top-1, and rare frames have them, e.g. an ensemble's first frame, where one member
-    alone answers) keep their full range. Returns how many ranges changed."""
+    over the samples (`PercentileRange` of a random subset of each sample's values), keeping 0 inside. The tensors
+    named in ``keep`` (the frame: its range is the preprocessing's, and clipping it would saturate bright pixels)
+    and the signature outputs named in ``keep_outputs`` (the logits: their largest values decide top-1, and rare
+    frames have them, e.g. an ensemble's first frame, where one member alone answers) keep their full range.
+    Returns how many ranges changed."""
     import numpy as np
     from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
@@ -288,13 +257,12 @@ def _percentile_ranges(float_model: bytes, samples: Sequence[dict[str, Any]], qs
     name_of = {i: n for n, i in index.items()}
     keep = keep | {name_of[outputs[o]["index"]] for o in keep_outputs if o in outputs}
     names = [n for n, q in qsvs.items() if n in index and n not in keep and isinstance(q, dict) and "min" in q]
-    extremes = {n: _Extremes(len(samples) * _VALUES_PER_SAMPLE) for n in names}
+    extremes = {n: PercentileRange(len(samples) * VALUES_PER_SAMPLE) for n in names}
     rng = np.random.default_rng(0)
     for feeds in samples:
         run(**feeds)
         for n in names:
-            v = np.asarray(it.get_tensor(index[n])).ravel()
-            extremes[n].add(v if v.size <= _VALUES_PER_SAMPLE else rng.choice(v, _VALUES_PER_SAMPLE, replace=False))
+            extremes[n].add(sample_values(it.get_tensor(index[n]), rng))
     changed = 0
     for n in names:
         q = qsvs[n]
