@@ -296,9 +296,10 @@ class PercentileRange:
     only the ``k`` smallest and ``k`` largest of each part: ``np.percentile`` reads just the two order statistics
     next to each percentile's position, and those lie among the ``k`` extremes of the whole, which lie among each
     part's ``k`` extremes. Exactly ``np.percentile`` of all the values, in ``2 k`` values a part (110 of 4096 for
-    128 samples) instead of all of them."""
+    128 samples) instead of all of them. Past ``most`` values the tails would be too short: that is an error."""
 
     def __init__(self, most: int) -> None:
+        self.most = most
         self.k = int((most - 1) * (100 - RANGE_PERCENTILE) / 100) + 3  # a tail holding both order statistics
         self.n = 0
         self.kept: list[np.ndarray] = []
@@ -312,13 +313,14 @@ class PercentileRange:
         self.kept.append(values)
 
     def percentiles(self) -> tuple[float, float]:
+        if self.n > self.most:
+            raise ValueError(f"PercentileRange({self.most}) was given {self.n} values")
         kept = np.sort(np.concatenate(self.kept))
         if kept.size < self.n:  # the middle, never read, stands in as copies of the k-th smallest value
             k = self.k
             kept = np.concatenate((kept[:k], np.full(self.n - 2 * k, kept[k - 1], kept.dtype), kept[-k:]))
         lo, hi = np.percentile(kept, [100 - RANGE_PERCENTILE, RANGE_PERCENTILE])
         return float(lo), float(hi)
-
 
 
 def histogram_percentiles(counts: np.ndarray, lo: float, hi: float) -> tuple[float, float]:
@@ -330,6 +332,7 @@ def histogram_percentiles(counts: np.ndarray, lo: float, hi: float) -> tuple[flo
     first = int(np.searchsorted(cdf, (100 - RANGE_PERCENTILE) / 100, side="left"))
     last = int(np.searchsorted(cdf, RANGE_PERCENTILE / 100, side="left"))
     return float(edges[first]), float(edges[min(last, counts.size - 1) + 1])
+
 
 # ---- the state-update path ----------------------------------------------------------------------------------------
 

@@ -221,6 +221,9 @@ def test_percentile_tails_give_exactly_the_percentiles_of_all_values() -> None:
         want = np.percentile(np.concatenate(parts), [100 - RANGE_PERCENTILE, RANGE_PERCENTILE])
         assert e.percentiles() == (float(want[0]), float(want[1]))
         assert sum(k.size for k in e.kept) <= sum(min(n, 2 * e.k) for n in sizes)
+    e.add(np.zeros(VALUES_PER_SAMPLE * len(sizes), np.float32))  # more than it was sized for
+    with pytest.raises(ValueError, match="was given"):
+        e.percentiles()
 
 
 
