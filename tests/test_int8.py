@@ -137,7 +137,6 @@ def test_trained_tsm_onnx_int8_clip_form_uses_its_own_range_percentile(tmp_path:
     assert "at the 99.99 percentile" in m["precision_details"]["activations"]
 
 
-
 def test_trained_movinet_executorch_int8_clip_form_keeps_accuracy(tmp_path: Path) -> None:
     """ExecuTorch int8 sets activation ranges at the 99.99 percentiles, as LiteRT does (`_percentile_observer`).
     With XNNPACKQuantizer's histogram observers the trained A0's int8 clip form scored 94.4% on the 700 motion7 test
@@ -157,6 +156,7 @@ def test_trained_movinet_executorch_int8_clip_form_keeps_accuracy(tmp_path: Path
     runner, spec, pre = load_bundle_runner(bundle, threads=1)
     acc = evaluate(runner, spec=spec, preprocessing=pre, data=data)
     assert acc >= ref - 0.01, (acc, ref)
+
 
 def test_untrained_movinet_int8_tflite_is_one_partition(tmp_path: Path) -> None:
     """An untrained A0 stream (ReZero branches of near-zero values: a residual ADD's input range is ~1e-9 of its

@@ -226,7 +226,6 @@ def test_percentile_tails_give_exactly_the_percentiles_of_all_values() -> None:
         e.percentiles()
 
 
-
 def test_histogram_percentiles_bracket_the_exact_percentiles() -> None:
     """`histogram_percentiles` (ExecuTorch's observers) gives the bin edges around np.percentile's values, at most
     one bin wider on each side."""
@@ -257,6 +256,7 @@ def test_executorch_int8_observer_ranges_are_the_percentiles() -> None:
     obs.full_range = True
     scale, zero = obs.calculate_qparams()
     assert abs(float(scale) - 65 / 255) < 1e-6, scale
+
 
 # ---- tiny exports: every quantizing path, fast ---------------------------------------------------------------------
 

@@ -42,20 +42,21 @@ def _state_nodes(gm: torch.fx.GraphModule, spec: IOSpec) -> set[str]:
     return state_path(nodes, sources, [s for s in sinks if s], lambda op: any(w in op for w in WEIGHTED))
 
 
-def _output_tails(gm: torch.fx.GraphModule, spec: IOSpec) -> set[str]:
+def _output_tails(gm: torch.fx.GraphModule, spec: IOSpec, *, observers: bool = False) -> set[torch.fx.Node]:
     """Nodes between the last weighted ops and each output that is not a state: the arithmetic that combines
     classifier logits (the ensemble's ``la + (b_prev_logits - la) * half``). Left to the quantizer, each of those
     ops rounds the logits to int8 at its observed range: the ensemble's int8 program then erred 0.0040 against
     PyTorch (64x64; its LiteRT one 0.0004, A0's alone 0.0004). They stay float32; a classifier's own output is
-    quantized as before."""
+    quantized as before. ``observers``: in a prepared graph, walk through (and return) its observers too."""
+    ops = ("call_function", "call_module") if observers else ("call_function",)
     state_outputs = {s.output for s in spec.states}
     todo = [o for name, o in _outputs(gm, spec).items() if name not in state_outputs and isinstance(o, torch.fx.Node)]
-    tail: set[str] = set()
+    tail: set[torch.fx.Node] = set()
     while todo:
         n = todo.pop()
-        if n.op != "call_function" or n.name in tail or any(w in str(n.target) for w in WEIGHTED):
+        if n.op not in ops or n in tail or any(w in str(n.target) for w in WEIGHTED):
             continue
-        tail.add(n.name)
+        tail.add(n)
         todo.extend(n.all_input_nodes)
     return tail
 
@@ -178,15 +179,7 @@ def _keep_full_range(prepared: torch.fx.GraphModule, spec: IOSpec) -> int:
         pixels.add(n)
         todo.extend(u for u in n.users if u not in pixels and (
             u.op == "call_module" or u.op == "call_function" and any(m in str(u.target) for m in MOVE_OPS)))
-    outs = _outputs(prepared, spec)
-    todo = [outs[r] for r in spec.result_names if isinstance(outs.get(r), torch.fx.Node)]
-    results: set[torch.fx.Node] = set()
-    while todo:  # back from each result to the weighted ops that compute it (TSM: the per-segment logits' mean)
-        n = todo.pop()
-        if n not in results and n.op in ("call_module", "call_function") and not any(w in str(n.target)
-                                                                                    for w in WEIGHTED):
-            results.add(n)
-            todo.extend(n.all_input_nodes)
+    results = _output_tails(prepared, spec, observers=True)  # (TSM: the per-segment logits, then their mean)
     kept = {str(n.target) for n in pixels | results
             if n.op == "call_module" and isinstance(getattr(prepared, str(n.target)), cls)}
     for name in kept:
@@ -256,7 +249,7 @@ def quantize(graph: torch.nn.Module, spec: IOSpec, args: tuple[torch.Tensor, ...
     gm = torch.export.export(graph, args, strict=False).module()
     frozen = _freeze_new_tensors(gm)
     state = _state_nodes(gm, spec) if spec.states else set()
-    tails = _output_tails(gm, spec) - state
+    tails = {n.name for n in _output_tails(gm, spec)} - state
     keep = state | tails
     pads = _pad_feeders(gm)
     from torchao.quantization.pt2e.quantizer import ComposableQuantizer
