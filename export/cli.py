@@ -38,7 +38,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="int8: a folder of images or a video with representative frames (default: motion7 or "
                         "synthetic frames, with a warning)")
     p.add_argument("--calibration-frames", type=int, metavar="N",
-                   help="int8: frames to step (stream form, default 128) or clips (clip form, default 16)")
+                   help="int8: frames to step (stream form, default 256; 128 for a model whose 256 samples, every "
+                        "state in each, would pass 8 GiB) or clips (clip form, default 16)")
     p.add_argument("--set", dest="options", action="append", default=[], metavar="KEY=VALUE",
                    help="a model option, repeatable: input_size=224, num_frames=8, pool_window=300 (MoViNet "
                         "stream: cumulative pools become running means over the last N frames), num_classes=...")

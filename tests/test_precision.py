@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -160,6 +161,19 @@ def test_stream_calibration_carries_state() -> None:
     clip_spec = build_spec(TinyClip(), form="clip")
     clip_cal = build_calibration(lambda f: {}, clip_spec, Preprocess(size=(16, 16)), source=None, entry=None, count=3)
     assert [s["clip"].shape for s in clip_cal.samples] == [(1, 12, 16, 16)] * 3
+
+
+def test_default_stream_calibration_halves_for_models_with_large_states() -> None:
+    from stexport.calibration import STREAM_FRAMES, STREAM_SAMPLES_BYTES, default_stream_samples
+    from stexport.spec import TensorSpec
+
+    def spec(sample_bytes: int) -> Any:
+        return SimpleNamespace(inputs=(TensorSpec("frame", (1, 3, 16, 16)),
+                                       TensorSpec("buf", (sample_bytes // 4 - 3 * 16 * 16,))))
+
+    assert default_stream_samples(build_spec(TinyStream().eval(), form="stream")) == STREAM_FRAMES == 256
+    assert default_stream_samples(spec(STREAM_SAMPLES_BYTES // STREAM_FRAMES)) == STREAM_FRAMES
+    assert default_stream_samples(spec(50 * 10**6)) == STREAM_FRAMES // 2  # movinet_a4_stream: 50 MB a sample
 
 
 def test_calibration_samples_live_in_files_that_go_with_them() -> None:
