@@ -233,11 +233,10 @@ def _motion7_warning(src: str) -> str:
 
 
 def calibration_sequences(source: str | Path | None, entry: ModelEntry | None, pre: Preprocess, *, streaming: bool,
-                          frames: int, count: int | None = None) -> tuple[Sequences, str, str | None]:
+                          frames: int, count: int) -> tuple[Sequences, str, str | None]:
     """(uint8 frame sequences with the step stride at which each is sampled, source description, warning or None)
     for calibration. ``frames``: the clip length of a clip-form export; ``count``: samples (stream) or clips (clip
     form) wanted. A video or image folder is one stream of up to ``count * STREAM_STRIDE`` frames."""
-    count = count or (STREAM_FRAMES if streaming else CLIP_COUNT)
     if source is None:
         return _fallback(entry, pre, streaming=streaming, frames=frames, count=count)
     want = count * STREAM_STRIDE if streaming else count * frames
@@ -255,8 +254,7 @@ def build_calibration(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarra
     the next step)."""
     streaming = spec.form == "stream"
     t = 1 if streaming else _clip_frames(spec)
-    if count is None and streaming:
-        count = default_stream_samples(spec)
+    count = count or (default_stream_samples(spec) if streaming else CLIP_COUNT)
     seqs, desc, warning = calibration_sequences(source, entry, pre, streaming=streaming, frames=t, count=count)
     samples = SampleStore(sum(len(seq) // stride if streaming else len(seq) // t for seq, stride in seqs))
     for seq, stride in seqs:
