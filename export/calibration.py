@@ -130,8 +130,6 @@ class Calibration:
     sequences: int
     warning: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
-    #: the model's own ONNX int8 range percentile (`ModelEntry.onnx_int8_percentile`), None: the target's default
-    onnx_percentile: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         d: dict[str, Any] = {"source": self.source, "frames": self.frames, "sequences": self.sequences,
@@ -274,8 +272,7 @@ def build_calibration(run: Callable[[dict[str, np.ndarray]], dict[str, np.ndarra
                 clip = x[i:i + t].transpose(0, 1).unsqueeze(0)
                 samples.append({"clip": pack_clip(clip, spec.inputs[0].layout).contiguous().numpy()})
     n_frames = sum(len(s) for s, _ in seqs)
-    return Calibration(samples, desc, n_frames, len(seqs), warning,
-                       onnx_percentile=entry.onnx_int8_percentile if entry is not None else None)
+    return Calibration(samples, desc, n_frames, len(seqs), warning)
 
 
 def default_stream_samples(spec: IOSpec) -> int:
@@ -291,10 +288,10 @@ def _clip_frames(spec: IOSpec) -> int:
 
 # ---- activation ranges: the percentile rule ------------------------------------------------------------------------
 
-#: int8 activation ranges (LiteRT, ExecuTorch): this percentile of the values seen in calibration (and its mirror),
-#: not their extremes. A few outliers stretch a per-tensor int8 scale over the whole range and leave the bulk of the
-#: values a handful of levels (MoViNet's depthwise activations); a range set by the extremes of a few calibration
-#: samples also moves with whichever samples were drawn.
+#: int8 activation ranges (LiteRT, ExecuTorch, ONNX Runtime): this percentile of the values seen in calibration (and
+#: its mirror), not their extremes. A few outliers stretch a per-tensor int8 scale over the whole range and leave the
+#: bulk of the values a handful of levels (MoViNet's depthwise activations); a range set by the extremes of a few
+#: calibration samples also moves with whichever samples were drawn.
 RANGE_PERCENTILE = 99.99
 #: values of one tensor sampled per calibration sample for its percentiles (all of them when it has fewer)
 VALUES_PER_SAMPLE = 4096

@@ -102,9 +102,6 @@ class ModelEntry:
     weights: str | None = None
     #: measured accuracy, e.g. {"top1": 0.93, "dataset": "...", "source": "..."} (benchmarks plot it)
     accuracy: Mapping[str, Any] | None = None
-    #: ONNX int8: the percentile of each activation's calibration histogram that sets its range, where this model
-    #: needs another than the target's default (`stexport.targets._onnx_quant.CALIB_PERCENTILE`)
-    onnx_int8_percentile: float | None = None
 
 
 _REGISTRY: dict[str, ModelEntry] = {}

@@ -124,17 +124,19 @@ def test_trained_movinet_int8_tflite_clip_form(tmp_path: Path) -> None:
     assert tflite_partitions(artifact)["delegate_partitions"] == 1
 
 
-def test_trained_tsm_onnx_int8_clip_form_uses_its_own_range_percentile(tmp_path: Path) -> None:
-    """The trained online TSM names its ONNX int8 range percentile (99.99): at the default 99.9 its ReLU6 tails were
-    clipped and the clip form failed its parity gate (max abs err 1.2, tol 0.93, SNR 11.6 dB); at 99.99, 0.038 and
-    41.7 dB measured. The percentile is in the manifest."""
+def test_trained_tsm_onnx_int8_clip_form_keeps_its_relu6_tails(tmp_path: Path) -> None:
+    """ONNX Runtime int8 sets activation ranges by the rule LiteRT and ExecuTorch use (the 0.01 / 99.99
+    percentiles of each tensor's calibration values). Under ONNX Runtime's own histogram percentile, 99.9 clipped
+    the trained online TSM's ReLU6 tails and its clip form failed the parity gate (max abs err 1.2, tol 0.93, SNR
+    11.6 dB), so the model named 99.99 (0.038, 41.7 dB). On the shared rule, with no per-model setting: 0.195 and
+    27.9 dB measured (2026-12-06; on the 700 motion7 test clips, SNR 30.2 dB against 31.4, 98.4% both)."""
     bundle = stexport.export("tsm_mobilenetv2_online_motion7", target="onnx", precision="int8", form="clip",
                              out=tmp_path, progress=lambda s: None)
     m = json.loads((bundle / "manifest.json").read_text())
     assert m["parity"]["passed"], m["parity"]
     assert m["parity"]["max_abs_err"]["logits"] < 0.3 * m["parity"]["tolerance"]["logits_max_abs"], m["parity"]
-    assert m["parity"]["logits_snr_db"] > 30, m["parity"]
-    assert "at the 99.99 percentile" in m["precision_details"]["activations"]
+    assert m["parity"]["logits_snr_db"] > 25, m["parity"]
+    assert "0.01-99.99 percentiles" in m["precision_details"]["activations"]
 
 
 def test_trained_movinet_executorch_int8_clip_form_keeps_accuracy(tmp_path: Path) -> None:

@@ -564,40 +564,40 @@ def test_constant_mul_folds_into_the_readers_scale() -> None:
     assert fold_constant_muls(negative) == 0 and len(negative.graph.node) == 6
 
 
-def test_activation_bytes_counts_every_float_tensor_a_sample_produces() -> None:
-    """What the histogram calibrator keeps per sample: each float32 tensor the graph computes, outputs included."""
+def test_onnx_int8_activation_ranges_follow_the_shared_percentile_rule(tmp_path: Path) -> None:
+    """ONNX Runtime int8 sets its activation ranges as LiteRT and ExecuTorch do: each intermediate tensor at the
+    `RANGE_PERCENTILE` percentiles of its calibration values (a few outliers do not set the scale), 0 inside; the
+    logits keep their min and max; the graph's inputs and state outputs are left to the calibrator's min / max
+    (a buffer's output comes back as its input)."""
     from onnx import TensorProto, helper
 
-    from stexport.targets._onnx_quant import activation_bytes
+    from stexport.calibration import RANGE_PERCENTILE, Calibration
+    from stexport.spec import IOSpec, StateSpec, TensorSpec
+    from stexport.targets._onnx_quant import activation_ranges
 
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 4, 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3, 2, 2])
-    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["r"]),
-                               helper.make_node("MaxPool", ["r"], ["y"], kernel_shape=[2, 2], strides=[2, 2])],
-                              "g", [x], [y])
-    assert activation_bytes(helper.make_model(graph)) == 4 * (48 + 12)  # r (inferred) and y; not the input
+    def info(name: str) -> Any:
+        return helper.make_tensor_value_info(name, TensorProto.FLOAT, [1, 4096])
 
-
-def test_onnx_int8_calibrates_in_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """ONNX Runtime's histogram calibrator keeps every activation of the samples it is given before binning them
-    (128 frames of movinet_a3_stream grew to 24 GB and were killed): it is given at most `CALIB_CHUNK` at a time,
-    and fewer when their activations would exceed `CALIB_BYTES`."""
-    from onnxruntime.quantization import calibrate
-
-    from stexport.targets._onnx_quant import CALIB_BYTES, CALIB_CHUNK, calibration_stride
-
-    assert CALIB_CHUNK == 16 and [calibration_stride(n) for n in (128, 100, 24, 7, 1)] == [16, 10, 12, 7, 1]
-    # large activations: fewer samples per chunk (still a divisor of n), down to one
-    assert [calibration_stride(n, CALIB_BYTES // 3) for n in (128, 99, 5)] == [2, 3, 1]
-    assert calibration_stride(128, 2 * CALIB_BYTES) == 1
-    calls = []
-    collect = calibrate.HistogramCalibrater.collect_data
-    monkeypatch.setattr(calibrate.HistogramCalibrater, "collect_data",
-                        lambda self, reader: (calls.append(1), collect(self, reader))[1])
-    torch.manual_seed(0)
-    bundle = stexport.export(TinyStream().eval(), target="onnx", precision="int8", out=tmp_path, steps=8,
-                             calibration_frames=24, progress=lambda s: None)
-    assert len(calls) == 2 and _manifest(bundle)["parity"]["passed"]
+    nodes = [helper.make_node("Relu", ["frame"], ["a"]), helper.make_node("Add", ["a", "s"], ["s_out"]),
+             helper.make_node("Neg", ["a"], ["logits"])]
+    graph = helper.make_graph(nodes, "g", [info("frame"), info("s")], [info("logits"), info("s_out")])
+    path = tmp_path / "g.onnx"
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    path.write_bytes(model.SerializeToString())
+    spec = IOSpec("stream", (TensorSpec("frame", (1, 4096), role="frame"), TensorSpec("s", (1, 4096), role="state")),
+                  (TensorSpec("logits", (1, 4096), role="logits"), TensorSpec("s_out", (1, 4096), role="state_out")),
+                  (StateSpec("s", "s_out", (1, 4096), kind="buffer"),))
+    rng = np.random.default_rng(0)
+    samples = [{"frame": rng.uniform(0, 1, (1, 4096)).astype(np.float32), "s": np.zeros((1, 4096), np.float32)}
+               for _ in range(4)]
+    samples[2]["frame"][0, 7] = 50.0  # one outlier in 16384 values
+    ranges = activation_ranges(path, Calibration(samples, "test", 4, 1), spec)
+    assert set(ranges) == {"a", "logits"}
+    values = np.concatenate([s["frame"].ravel() for s in samples])
+    assert float(ranges["a"][0]["rmin"]) == 0.0
+    assert float(ranges["a"][0]["rmax"]) == pytest.approx(np.percentile(values, RANGE_PERCENTILE), rel=1e-6)
+    assert float(ranges["a"][0]["rmax"]) < 1.0  # not the outlier's 50
+    assert float(ranges["logits"][0]["rmin"]) == -50.0 and float(ranges["logits"][0]["rmax"]) == 0.0
 
 
 def test_tiny_onnx_int8_runs_uint8_activations(tmp_path: Path) -> None:

@@ -4,9 +4,9 @@
   inputs and outputs stay float32, cast at the boundary).
 * ``int8-dynamic``: ``quantize_dynamic`` (int8 weights per output channel; ConvInteger / MatMulInteger with
   activations quantized per call).
-* ``int8``: ``quantize_static`` in QDQ format (int8 weights per output channel, uint8 activations, ranges at a
-  percentile (`CALIB_PERCENTILE`) of `stexport.calibration` samples, the logits' whole range: `result_ranges`);
-  inputs and outputs stay float32. uint8
+* ``int8``: ``quantize_static`` in QDQ format (int8 weights per output channel, uint8 activations, ranges by the
+  percentile rule LiteRT and ExecuTorch use, `stexport.calibration.RANGE_PERCENTILE`, the logits' whole range:
+  `activation_ranges`); inputs and outputs stay float32. uint8
   activations x int8 weights is the combination ONNX Runtime's CPU QDQ fusions take on x86 (QLinearConv, QLinearAdd,
   QLinearMul, QLinearConcat, QGemm); with int8 activations its QLinearAdd / QLinearMul selectors decline and half
   the convs stayed ``DequantizeLinear -> Conv -> QuantizeLinear`` in float (measured 16x slower than fp32 on
@@ -26,21 +26,17 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from stexport.calibration import Calibration, Node, state_path
+from stexport.calibration import (
+    RANGE_PERCENTILE,
+    VALUES_PER_SAMPLE,
+    Calibration,
+    Node,
+    PercentileRange,
+    sample_values,
+    state_path,
+)
 from stexport.manifest import package_version
 from stexport.spec import IOSpec
-
-#: activation ranges: this percentile of each tensor's calibration histogram, unless the model names its own
-#: (`ModelEntry.onnx_int8_percentile`). MinMax let rare outliers stretch the uint8 ranges: movinet_a0_stream_motion7
-#: scored 92.9% in int8 vs 99.3% fp32 (first 140 test clips); 99.99: 97.1%; 99.9: 98.6%. The best percentile is the
-#: model's: on all 700 motion7 test clips (2026-12-06; stream accuracy / top-1 agreement / logit SNR, clip gate):
-#:   percentile  movinet_a0_stream_motion7 (fp32 99.4%)   tsm_mobilenetv2_online_motion7 (fp32 98.3%)
-#:   99.9        98.6% / 98.9% / 12.4 dB, pass            98.3% / 99.4% / 19.9 dB, clip gate FAILED (SNR 11.6)
-#:   99.95       99.0% / 99.6% / 15.6 dB, clip gate FAILED 98.6% / 99.7% / 23.9 dB, pass
-#:   99.97       98.1% / 98.7% / 15.7 dB, pass            98.6% / 99.7% / 26.9 dB, pass
-#:   99.99       97.0% / 97.7% / 14.7 dB (300 clips)      98.3% / 99.4% / 30.8 dB, pass (gate SNR 41.7 dB)
-#:   Entropy     95.0% / 95.6% / 12.1 dB                  98.3% / 99.4% / 30.1 dB
-CALIB_PERCENTILE = 99.9
 
 WEIGHTED = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm", "ConvInteger", "MatMulInteger"})
 
@@ -300,53 +296,13 @@ def float_ops(model: Any, keep: list[str]) -> dict[str, dict[str, Any]]:
     return dict(sorted(out.items()))
 
 
-#: calibration samples whose activations ONNX Runtime's histogram calibrator holds at once (it keeps every
-#: activation of every sample it is given before binning them: 128 frames of movinet_a3_stream took 24 GB) ...
-CALIB_CHUNK = 16
-#: ... and samples of at most this many bytes of activations (`activation_bytes`) in all: movinet_a4_stream has 0.35 GB
-#: a sample, movinet_a5_stream 0.53 GB (each: 8 of its 128 calibration frames at a time)
-CALIB_BYTES = 4 << 30
-
-
-def activation_bytes(model: Any) -> int:
-    """Bytes of the float32 tensors one sample produces in ``model`` (a ``ModelProto`` with static shapes): what the
-    calibrator keeps per sample. Tensors whose shapes do not infer count 0."""
-    import math
-
-    import onnx
-
-    graph = onnx.shape_inference.infer_shapes(model).graph
-    total = 0
-    for v in [*graph.value_info, *graph.output]:
-        t = v.type.tensor_type
-        dims = [d.dim_value if d.HasField("dim_value") else 0 for d in t.shape.dim]
-        if t.elem_type == onnx.TensorProto.FLOAT and t.HasField("shape"):
-            total += 4 * math.prod(dims)
-    return total
-
-
-def calibration_stride(n: int, sample_bytes: int = 0) -> int:
-    """The largest divisor of ``n`` samples up to `CALIB_CHUNK` and `CALIB_BYTES` / ``sample_bytes`` (at least 1;
-    ONNX Runtime's ``CalibStridedMinMax`` takes equal chunks; the histograms are merged across them)."""
-    cap = min(n, CALIB_CHUNK)
-    if sample_bytes:
-        cap = min(cap, max(1, CALIB_BYTES // sample_bytes))
-    return max(d for d in range(1, cap + 1) if n % d == 0)
-
-
 def _reader(calibration: Calibration, names: list[str]) -> Any:
-    """The samples as ONNX Runtime's data reader, which the calibrator reads in chunks (`set_range`)."""
+    """The samples as ONNX Runtime's data reader."""
     from onnxruntime.quantization import CalibrationDataReader
 
     class Reader(CalibrationDataReader):
         def __init__(self) -> None:
-            self.set_range(0, len(calibration.samples))
-
-        def __len__(self) -> int:
-            return len(calibration.samples)
-
-        def set_range(self, start_index: int, end_index: int) -> None:
-            self.samples = iter(calibration.samples[start_index:end_index])
+            self.samples = iter(calibration.samples)
 
         def get_next(self) -> dict[str, Any] | None:
             s = next(self.samples, None)
@@ -355,22 +311,47 @@ def _reader(calibration: Calibration, names: list[str]) -> Any:
     return Reader()
 
 
-def result_ranges(model_path: Path, calibration: Calibration, spec: IOSpec) -> dict[str, list[dict[str, Any]]]:
-    """``TensorQuantOverrides`` giving each result output (logits, extra) the full range it takes over the
-    calibration, not the histogram percentile: its largest values decide top-1, and rare frames have them (an
-    ensemble's first frame, where one member alone answers, had its top logits clipped)."""
+def activation_ranges(model_path: Path, calibration: Calibration, spec: IOSpec) -> dict[str, list[dict[str, Any]]]:
+    """``TensorQuantOverrides`` giving every activation the range LiteRT and ExecuTorch give it: the
+    `RANGE_PERCENTILE` percentiles of its values over the calibration (`PercentileRange` of `sample_values` of each
+    sample), 0 kept inside. One float32 pass over the samples with every node's float output exposed. Left out,
+    so the calibrator's min / max stands: the graph's inputs (the frame: its range is the preprocessing's; the
+    states), and its state outputs (a buffer's output is read back as its input next step: with a narrower range
+    than the input's, the clipping compounded over a 10,000-frame stream, 1.41 -> 1.82 last / first 100 frames on
+    movinet_a0_stream_motion7, against 1.41 -> 1.50 this way). The results (logits, extra) keep their whole range:
+    their largest values decide top-1, and rare frames have them (an ensemble's first frame, where one member
+    alone answers, had its top logits clipped)."""
     import numpy as np
+    import onnx
     import onnxruntime as ort
 
-    names = spec.result_names
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(model_path)))
+    g = model.graph
+    float_types = {v.name for v in [*g.value_info, *g.output]
+                   if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    states = {s.output for s in spec.states}
+    results = set(spec.result_names)
+    exposed = {o.name for o in g.output}
+    names = [o for n in g.node for o in n.output if o in float_types and o not in states]
+    g.output.extend(v for v in g.value_info if v.name in set(names) - exposed)
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(str(model_path), opts, providers=["CPUExecutionProvider"])
-    lo, hi = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)  # (0 kept inside, as the quantizer does)
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # (the names stay those quantized)
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    n = len(calibration.samples)
+    tails = {t: PercentileRange(n * VALUES_PER_SAMPLE) for t in names if t not in results}
+    lo, hi = dict.fromkeys(results, 0.0), dict.fromkeys(results, 0.0)
+    rng = np.random.default_rng(0)
     for sample in calibration.samples:
-        for n, v in zip(names, sess.run(names, {n: sample[n] for n in spec.input_names})):
-            lo[n], hi[n] = min(lo[n], float(np.min(v))), max(hi[n], float(np.max(v)))
-    return {n: [{"rmin": np.float32(lo[n]), "rmax": np.float32(hi[n])}] for n in names}
+        for t, v in zip(names, sess.run(names, {i: sample[i] for i in spec.input_names})):
+            if t in results:
+                lo[t], hi[t] = min(lo[t], float(np.min(v))), max(hi[t], float(np.max(v)))
+            else:
+                tails[t].add(sample_values(v, rng))
+    for t, tail in tails.items():
+        low, high = tail.percentiles()
+        lo[t], hi[t] = min(low, 0.0), max(high, 0.0)
+    return {t: [{"rmin": np.float32(lo[t]), "rmax": np.float32(hi[t])}] for t in lo}
 
 
 def convert_precision(model: Any, spec: IOSpec, precision: str, calibration: Calibration | None) -> tuple[Any, dict]:
@@ -405,19 +386,18 @@ def convert_precision(model: Any, spec: IOSpec, precision: str, calibration: Cal
             if calibration is None:
                 raise ValueError("int8 needs calibration samples")
             details["spatial_means_as_pools"] = pools
-            percentile = calibration.onnx_percentile or CALIB_PERCENTILE
+            ranges = activation_ranges(src, calibration, spec)
             quantize_static(str(src), str(dst), _reader(calibration, spec.input_names), quant_format=QuantFormat.QDQ,
                             per_channel=True, activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            nodes_to_exclude=keep, calibrate_method=CalibrationMethod.Percentile,
-                            extra_options={"CalibPercentile": percentile,
-                                           "CalibStridedMinMax": calibration_stride(len(calibration.samples),
-                                                                                   activation_bytes(model)),
-                                           "TensorQuantOverrides": result_ranges(src, calibration, spec)})
+                            nodes_to_exclude=keep, calibrate_method=CalibrationMethod.MinMax,
+                            extra_options={"TensorQuantOverrides": ranges})
             out = onnx.load(str(dst))
             folded = fold_constant_muls(out)
             details.update(weights="int8 symmetric, per output channel", format="QDQ",
-                           activations=f"uint8 per tensor, ranges at the {percentile:g} percentile of the "
-                                       "calibration histograms (the logits: their whole range)",
+                           activations=f"uint8 per tensor, ranges at the {100 - RANGE_PERCENTILE:g}-"
+                                       f"{RANGE_PERCENTILE:g} percentiles of the calibration ({len(ranges)} "
+                                       "tensors; the logits, the boundary's inputs and state outputs: their min "
+                                       "and max)",
                            compute="int8 (uint8 activations x int8 weights: ONNX Runtime's x86 QLinear kernels)",
                            constant_muls_folded=folded, float_ops=float_ops(out, keep))
             return out, details
