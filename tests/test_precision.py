@@ -600,6 +600,30 @@ def test_onnx_int8_activation_ranges_follow_the_shared_percentile_rule(tmp_path:
     assert float(ranges["logits"][0]["rmin"]) == -50.0 and float(ranges["logits"][0]["rmax"]) == 0.0
 
 
+def test_onnx_int8_ranges_leave_room_for_the_bias() -> None:
+    """A Conv / Gemm input whose range is so narrow that the int32 bias (``b / (s_x * s_w)``) would pass 2^30 is
+    widened, about 0, with the tensors that share its quantization: random-init tsm_mobilenetv2's classifier input
+    (activations ~1e-7) put its bias past int32 and the fused QGemm returned garbage (SNR -2.7 dB) on 3 of 6 seeds."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from stexport.targets._onnx_quant import BIAS_LIMIT, fit_biases
+
+    w, b = np.full((4, 8), 0.01, np.float32), np.full(4, 0.05, np.float32)
+    nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Flatten", ["r"], ["f"], axis=1),
+             helper.make_node("Gemm", ["f", "w", "b"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+                              [numpy_helper.from_array(w, "w"), numpy_helper.from_array(b, "b")])
+    model = helper.make_model(graph)
+    ranges = {t: [{"rmin": np.float32(0), "rmax": np.float32(1e-7)}] for t in ("r", "f")}
+    assert fit_biases(model, ranges) == 2
+    for t in ("r", "f"):  # the bias now fits: b / (s_x * s_w) <= 2^30, s_x = range / 255, s_w = max|w| / 127
+        s_x = float(ranges[t][0]["rmax"] - ranges[t][0]["rmin"]) / 255
+        assert 0.05 / (s_x * 0.01 / 127) <= BIAS_LIMIT * 1.0001 and float(ranges[t][0]["rmin"]) == 0.0
+    wide = {t: [{"rmin": np.float32(-1), "rmax": np.float32(1)}] for t in ("r", "f")}
+    assert fit_biases(model, wide) == 0 and float(wide["f"][0]["rmax"]) == 1.0
+
+
 def test_tiny_onnx_int8_runs_uint8_activations(tmp_path: Path) -> None:
     """Activations are quantized to uint8 (ONNX Runtime's x86 QLinearConv / QLinearAdd / QLinearMul take uint8 x
     int8; with int8 activations its QDQ fusions decline and convs run in float between Q/DQ pairs), every Conv sits
