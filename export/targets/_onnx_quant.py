@@ -391,12 +391,7 @@ def fit_biases(model: Any, ranges: dict[str, list[dict[str, Any]]]) -> int:
             if p is None or p.op_type not in SHARES_INPUT_QUANTIZATION:
                 break
             t = p.input[0]
-        if not chain:
-            continue
-        lo, hi = float(ranges[chain[0]][0]["rmin"]), float(ranges[chain[0]][0]["rmax"])
         need = 255 * float(np.max(b / (w_scale * BIAS_LIMIT)))  # the narrowest range (rmax - rmin) that fits
-        if hi - lo >= need:
-            continue
         for t in chain:
             r = ranges[t][0]
             f = need / max(float(r["rmax"]) - float(r["rmin"]), 1e-30)
