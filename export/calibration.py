@@ -27,7 +27,7 @@ import shutil
 import subprocess
 import tempfile
 import weakref
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -333,6 +333,27 @@ class PercentileRange:
             kept = np.concatenate((kept[:k], np.full(self.n - 2 * k, kept[k - 1], kept.dtype), kept[-k:]))
         lo, hi = np.percentile(kept, [100 - RANGE_PERCENTILE, RANGE_PERCENTILE])
         return float(lo), float(hi)
+
+
+def percentile_ranges(per_sample: Iterable[Mapping[str, np.ndarray]], names: Sequence[str], samples: int, *,
+                      full: Collection[str] = ()) -> dict[str, tuple[float, float]]:
+    """Each named tensor's (low, high) range over ``samples`` calibration samples, 0 kept inside: the
+    `RANGE_PERCENTILE` percentiles of its values (`PercentileRange` of `sample_values` of each sample, drawn in
+    ``names`` order from one seeded generator), or, for the names in ``full``, its min and max. ``per_sample``
+    yields each sample's tensors by name."""
+    tails = {n: PercentileRange(samples * VALUES_PER_SAMPLE) for n in names if n not in full}
+    lo, hi = dict.fromkeys(names, 0.0), dict.fromkeys(names, 0.0)
+    rng = np.random.default_rng(0)
+    for tensors in per_sample:
+        for n in names:
+            if n in tails:
+                tails[n].add(sample_values(tensors[n], rng))
+            else:
+                lo[n], hi[n] = min(lo[n], float(np.min(tensors[n]))), max(hi[n], float(np.max(tensors[n])))
+    for n, tail in tails.items():
+        low, high = tail.percentiles()
+        lo[n], hi[n] = min(low, 0.0), max(high, 0.0)
+    return {n: (lo[n], hi[n]) for n in names}
 
 
 def histogram_percentiles(counts: np.ndarray, lo: float, hi: float) -> tuple[float, float]:

@@ -26,15 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from stexport.calibration import (
-    RANGE_PERCENTILE,
-    VALUES_PER_SAMPLE,
-    Calibration,
-    Node,
-    PercentileRange,
-    sample_values,
-    state_path,
-)
+from stexport.calibration import RANGE_PERCENTILE, Calibration, Node, percentile_ranges, state_path
 from stexport.manifest import package_version
 from stexport.spec import IOSpec
 
@@ -313,8 +305,8 @@ def _reader(calibration: Calibration, names: list[str]) -> Any:
 
 def activation_ranges(model_path: Path, calibration: Calibration, spec: IOSpec) -> dict[str, list[dict[str, Any]]]:
     """``TensorQuantOverrides`` giving every activation the range LiteRT and ExecuTorch give it: the
-    `RANGE_PERCENTILE` percentiles of its values over the calibration (`PercentileRange` of `sample_values` of each
-    sample), 0 kept inside. One float32 pass over the samples with every node's float output exposed. Left out,
+    `RANGE_PERCENTILE` percentiles of its values over the calibration (`stexport.calibration.percentile_ranges`),
+    0 kept inside. One float32 pass over the samples with every node's float output exposed. Left out,
     so the calibrator's min / max stands: the graph's inputs (the frame: its range is the preprocessing's; the
     states), and its state outputs (a buffer's output is read back as its input next step: with a narrower range
     than the input's, the clipping compounded over a 10,000-frame stream, 1.41 -> 1.82 last / first 100 frames on
@@ -330,7 +322,6 @@ def activation_ranges(model_path: Path, calibration: Calibration, spec: IOSpec) 
     float_types = {v.name for v in [*g.value_info, *g.output]
                    if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
     states = {s.output for s in spec.states}
-    results = set(spec.result_names)
     exposed = {o.name for o in g.output}
     names = [o for n in g.node for o in n.output if o in float_types and o not in states]
     g.output.extend(v for v in g.value_info if v.name in set(names) - exposed)
@@ -338,20 +329,10 @@ def activation_ranges(model_path: Path, calibration: Calibration, spec: IOSpec) 
     opts.intra_op_num_threads = 1
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # (the names stay those quantized)
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-    n = len(calibration.samples)
-    tails = {t: PercentileRange(n * VALUES_PER_SAMPLE) for t in names if t not in results}
-    lo, hi = dict.fromkeys(results, 0.0), dict.fromkeys(results, 0.0)
-    rng = np.random.default_rng(0)
-    for sample in calibration.samples:
-        for t, v in zip(names, sess.run(names, {i: sample[i] for i in spec.input_names})):
-            if t in results:
-                lo[t], hi[t] = min(lo[t], float(np.min(v))), max(hi[t], float(np.max(v)))
-            else:
-                tails[t].add(sample_values(v, rng))
-    for t, tail in tails.items():
-        low, high = tail.percentiles()
-        lo[t], hi[t] = min(low, 0.0), max(high, 0.0)
-    return {t: [{"rmin": np.float32(lo[t]), "rmax": np.float32(hi[t])}] for t in lo}
+    runs = (dict(zip(names, sess.run(names, {i: sample[i] for i in spec.input_names})))
+            for sample in calibration.samples)
+    ranges = percentile_ranges(runs, names, len(calibration.samples), full=set(spec.result_names))
+    return {t: [{"rmin": np.float32(lo), "rmax": np.float32(hi)}] for t, (lo, hi) in ranges.items()}
 
 
 #: the largest int32 bias a fused integer Conv / Gemm may be given: its int32 accumulator adds the products to the

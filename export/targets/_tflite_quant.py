@@ -24,15 +24,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from stexport.calibration import (
-    RANGE_PERCENTILE,
-    VALUES_PER_SAMPLE,
-    Calibration,
-    Node,
-    PercentileRange,
-    sample_values,
-    state_path,
-)
+from stexport.calibration import RANGE_PERCENTILE, Calibration, Node, percentile_ranges, state_path
 from stexport.manifest import package_version
 from stexport.spec import IOSpec
 
@@ -240,7 +232,7 @@ def quantize(path: Path, spec: IOSpec, precision: str, calibration: Calibration 
 def _percentile_ranges(float_model: bytes, samples: Sequence[dict[str, Any]], qsvs: dict[str, Any], *,
                        keep: set[str], keep_outputs: set[str]) -> int:
     """Narrow each activation's calibrated [min, max] (in place) to the `RANGE_PERCENTILE` percentiles of its values
-    over the samples (`PercentileRange` of a random subset of each sample's values), keeping 0 inside. The tensors
+    over the samples (`stexport.calibration.percentile_ranges`), keeping 0 inside. The tensors
     named in ``keep`` (the frame: its range is the preprocessing's, and clipping it would saturate bright pixels)
     and the signature outputs named in ``keep_outputs`` (the logits: their largest values decide top-1, and rare
     frames have them, e.g. an ensemble's first frame, where one member alone answers) keep their full range.
@@ -257,18 +249,17 @@ def _percentile_ranges(float_model: bytes, samples: Sequence[dict[str, Any]], qs
     name_of = {i: n for n, i in index.items()}
     keep = keep | {name_of[outputs[o]["index"]] for o in keep_outputs if o in outputs}
     names = [n for n, q in qsvs.items() if n in index and n not in keep and isinstance(q, dict) and "min" in q]
-    extremes = {n: PercentileRange(len(samples) * VALUES_PER_SAMPLE) for n in names}
-    rng = np.random.default_rng(0)
-    for feeds in samples:
+    def tensors(feeds: dict[str, Any]) -> dict[str, Any]:
         run(**feeds)
-        for n in names:
-            extremes[n].add(sample_values(it.get_tensor(index[n]), rng))
+        return {n: it.get_tensor(index[n]) for n in names}
+
+    ranges = percentile_ranges((tensors(f) for f in samples), names, len(samples))
     changed = 0
     for n in names:
         q = qsvs[n]
-        lo, hi = extremes[n].percentiles()
-        new_lo = np.maximum(np.asarray(q["min"]), min(lo, 0.0)).astype(np.asarray(q["min"]).dtype)
-        new_hi = np.minimum(np.asarray(q["max"]), max(hi, 0.0)).astype(np.asarray(q["max"]).dtype)
+        lo, hi = ranges[n]
+        new_lo = np.maximum(np.asarray(q["min"]), lo).astype(np.asarray(q["min"]).dtype)
+        new_hi = np.minimum(np.asarray(q["max"]), hi).astype(np.asarray(q["max"]).dtype)
         if np.any(new_lo != q["min"]) or np.any(new_hi != q["max"]):
             qsvs[n] = {**q, "min": new_lo, "max": new_hi}
             changed += 1
