@@ -1,5 +1,5 @@
 """The per-frame budget tool's perf parsing (the measurement itself needs perf and a quiet machine), and the
-ExecuTorch operator profile (`stexport.benchmarks.et_ops`)."""
+ExecuTorch and ONNX Runtime operator profiles (`stexport.benchmarks.et_ops`, `stexport.benchmarks.ort_ops`)."""
 
 from __future__ import annotations
 
@@ -60,3 +60,39 @@ def test_executorch_op_profile_of_an_exported_stream(tmp_path: Path) -> None:
     assert any(k.startswith("Convolution") for k in ops), ops
     assert all(g["count"] >= 1 and g["ms"] >= 0 for g in ops.values())
     assert sum(g["ms"] for g in ops.values()) <= res["delegate_calls_ms"] <= res["execute_ms"]
+
+
+def test_onnx_runtime_op_profile_sums_kernels_per_step_by_type() -> None:
+    from stexport.benchmarks.ort_ops import group_kernels
+
+    def kernel(op: str, us: float) -> dict:
+        return {"cat": "Node", "name": f"{op}_token_kernel_time", "dur": us, "args": {"op_name": op}}
+
+    events = [{"cat": "Session", "name": "model_run", "dur": 900.0},
+              {"cat": "Node", "name": "conv_fence_before", "dur": 1.0, "args": {"op_name": "QLinearConv"}},
+              kernel("QLinearConv", 300.0), kernel("QLinearMul", 50.0), kernel("QLinearConv", 500.0),
+              kernel("QLinearMul", 70.0)]
+    ops = group_kernels(events, steps=2)  # two steps, one conv and one multiply each
+    assert list(ops) == ["QLinearConv", "QLinearMul"]  # largest first; fences and session events left out
+    assert ops["QLinearConv"] == {"ms": pytest.approx(0.4), "count": pytest.approx(1)}
+    assert ops["QLinearMul"] == {"ms": pytest.approx(0.06), "count": pytest.approx(1)}
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="needs the onnx extra")
+def test_onnx_runtime_op_profile_of_an_exported_stream(tmp_path: Path) -> None:
+    """The profile of a real (tiny) stream model in the app's loop: every kernel of a step, each timed."""
+    import torch
+    from toy_models import TinyStream
+
+    import stexport
+    from stexport.benchmarks.ort_ops import main, profile
+
+    torch.manual_seed(0)
+    bundle = stexport.export(TinyStream().eval(), target="onnx", out=tmp_path, steps=4, progress=lambda s: None)
+    res = profile(bundle, steps=3)
+    ops = res["op_types"]
+    assert "Conv" in ops, ops
+    assert all(g["count"] >= 1 and g["ms"] >= 0 for g in ops.values())
+    assert sum(g["ms"] for g in ops.values()) <= res["run_ms"]
+    assert main([str(bundle), "--steps", "2", "--out", str(tmp_path / "ops")]) == 0
+    assert (tmp_path / "ops" / f"{res['model']}_fp32_onnx_ops.json").is_file()

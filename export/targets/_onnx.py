@@ -100,19 +100,27 @@ def boundary_dtypes(path: Path, spec: IOSpec) -> dict[str, str]:
             for v in list(graph.input) + list(graph.output)}
 
 
+def session_options(threads: int) -> Any:
+    """ONNX Runtime's CPU session options as stexport runs them: ``threads`` intra-op threads, spinning off (it
+    stalls small-op graphs on 2 cores)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return so
+
+
 class Runner:
-    """ONNX Runtime on the CPU; spinning off (it stalls small-op graphs on 2 cores)."""
+    """ONNX Runtime on the CPU (`session_options`)."""
 
     name = "onnxruntime"
 
     def __init__(self, path: Path, spec: IOSpec, *, threads: int = 1) -> None:
         import onnxruntime as ort
 
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads
-        so.inter_op_num_threads = 1
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(path), session_options(threads), providers=["CPUExecutionProvider"])
         self.spec = spec
         self.version = ort.__version__
 
