@@ -32,13 +32,14 @@ WARMUP = 5
 def group_kernels(events: list[dict[str, Any]], steps: int) -> dict[str, dict[str, float]]:
     """ONNX Runtime profiler events -> per operator type ``{"ms": per step, "count": per step}``, largest first.
     Only the kernels' own events (``"<node>_kernel_time"``, category ``Node``) count."""
-    out: dict[str, dict[str, float]] = {}
+    us: dict[str, float] = {}
+    calls: dict[str, int] = {}
     for e in events:
-        if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time"):
-            continue
-        g = out.setdefault(str(e["args"]["op_name"]), {"ms": 0.0, "count": 0})
-        g["ms"] += float(e["dur"]) / 1e3 / steps
-        g["count"] += 1 / steps
+        if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time"):
+            op = str(e["args"]["op_name"])
+            us[op] = us.get(op, 0.0) + float(e["dur"])
+            calls[op] = calls.get(op, 0) + 1
+    out = {op: {"ms": t / 1e3 / steps, "count": calls[op] / steps} for op, t in us.items()}
     return dict(sorted(out.items(), key=lambda kv: -kv[1]["ms"]))
 
 
