@@ -17,7 +17,6 @@ Writes ``<out>/<model>_<precision>_executorch_ops.json`` when ``--out`` is given
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import tempfile
@@ -26,6 +25,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from stexport.benchmarks.op_profile import step_feeds, write_profile
 
 #: ExecuTorch's own events around operators: totals, not operators
 TOTALS = ("Method::execute", "DELEGATE_CALL", "OPERATOR_CALL")
@@ -72,14 +73,8 @@ def profile(bundle: Path, *, steps: int = 30) -> dict[str, Any]:
     stepper = TensorStepper(partial(module.forward, clone_outputs=False), spec, channels_last=channels_last,
                             in_place=in_place)
     rng = np.random.default_rng(0)
-
-    def random_input(shape: tuple[int, ...], dtype: str) -> np.ndarray:
-        x = rng.integers(0, 256, shape) if np.dtype(dtype).kind in "iu" else rng.standard_normal(shape)
-        return x.astype(dtype)
-
-    fed = [i for i in spec.inputs if i.name not in spec.state_names]
     for _ in range(steps):
-        stepper.step({i.name: random_input(i.shape, i.dtype) for i in fed})
+        stepper.step(step_feeds(spec, rng))
     with tempfile.TemporaryDirectory() as tmp, captured_output():
         path = Path(tmp) / "step.etdp"
         module.write_etdump_result_to_file(str(path))
@@ -109,10 +104,7 @@ def main(argv: list[str] | None = None) -> int:
         for kind, g in ops.items():
             print(f"  {g['ms']:7.3f} ms  {int(g['count']):4d} x  {kind}")
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        path = args.out / f"{res['model']}_{res['precision']}_executorch_ops.json"
-        path.write_text(json.dumps(res, indent=2) + "\n")
-        print(f"wrote {path}")
+        print(f"wrote {write_profile(res, args.out, 'executorch')}")
     return 0
 
 

@@ -25,6 +25,8 @@ from typing import Any
 
 import numpy as np
 
+from stexport.benchmarks.op_profile import step_feeds, write_profile
+
 #: steps run before the profiled ones (their events, the first run's allocations among them, are left out)
 WARMUP = 5
 
@@ -58,7 +60,6 @@ def profile(bundle: Path, *, steps: int = 100) -> dict[str, Any]:
     if not spec.states:
         raise ValueError(f"{bundle} is a clip model; give a stream (frame-by-frame) bundle")
     rng = np.random.default_rng(0)
-    fed = [i for i in spec.inputs if i.name not in spec.state_names]
     with tempfile.TemporaryDirectory() as tmp:
         so = session_options(1)
         so.enable_profiling = True
@@ -67,7 +68,7 @@ def profile(bundle: Path, *, steps: int = 100) -> dict[str, Any]:
                                        providers=["CPUExecutionProvider"])
         stepper = BindingStepper(session, spec)
         for _ in range(WARMUP + steps):
-            stepper.step({i.name: rng.standard_normal(i.shape).astype(i.dtype) for i in fed})
+            stepper.step(step_feeds(spec, rng))
         events = json.loads(Path(session.end_profiling()).read_text())
     runs = sorted((e for e in events if e.get("name") == "model_run"), key=lambda e: float(e["ts"]))
     if len(runs) != WARMUP + steps:
@@ -92,10 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     for kind, g in res["op_types"].items():
         print(f"  {g['ms']:7.3f} ms  {g['count']:5.0f} x  {kind}")
     if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        path = args.out / f"{res['model']}_{res['precision']}_onnx_ops.json"
-        path.write_text(json.dumps(res, indent=2) + "\n")
-        print(f"wrote {path}")
+        print(f"wrote {write_profile(res, args.out, 'onnx')}")
     return 0
 
 

@@ -44,18 +44,23 @@ def test_executorch_op_profile_groups_operators_by_type() -> None:
     assert ops["Multiply (ND)"] == {"ms": pytest.approx(0.3), "count": 2}
 
 
-@pytest.mark.skipif(importlib.util.find_spec("executorch") is None, reason="needs the executorch extra")
-def test_executorch_op_profile_of_an_exported_stream(tmp_path: Path) -> None:
-    """The profile of a real (tiny) program: its XNNPACK operators, each timed, inside the delegate call."""
+def tiny_stream_bundle(target: str, out: Path) -> Path:
+    """`toy_models.TinyStream` (seed 0) exported to ``target`` under ``out``."""
     import torch
     from toy_models import TinyStream
 
     import stexport
-    from stexport.benchmarks.et_ops import profile
 
     torch.manual_seed(0)
-    bundle = stexport.export(TinyStream().eval(), target="executorch", out=tmp_path, steps=4, progress=lambda s: None)
-    res = profile(bundle, steps=3)
+    return stexport.export(TinyStream().eval(), target=target, out=out, steps=4, progress=lambda s: None)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("executorch") is None, reason="needs the executorch extra")
+def test_executorch_op_profile_of_an_exported_stream(tmp_path: Path) -> None:
+    """The profile of a real (tiny) program: its XNNPACK operators, each timed, inside the delegate call."""
+    from stexport.benchmarks.et_ops import profile
+
+    res = profile(tiny_stream_bundle("executorch", tmp_path), steps=3)
     ops = res["op_types"]
     assert any(k.startswith("Convolution") for k in ops), ops
     assert all(g["count"] >= 1 and g["ms"] >= 0 for g in ops.values())
@@ -81,14 +86,9 @@ def test_onnx_runtime_op_profile_sums_kernels_per_step_by_type() -> None:
 @pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason="needs the onnx extra")
 def test_onnx_runtime_op_profile_of_an_exported_stream(tmp_path: Path) -> None:
     """The profile of a real (tiny) stream model in the app's loop: every kernel of a step, each timed."""
-    import torch
-    from toy_models import TinyStream
-
-    import stexport
     from stexport.benchmarks.ort_ops import main, profile
 
-    torch.manual_seed(0)
-    bundle = stexport.export(TinyStream().eval(), target="onnx", out=tmp_path, steps=4, progress=lambda s: None)
+    bundle = tiny_stream_bundle("onnx", tmp_path)
     res = profile(bundle, steps=3)
     ops = res["op_types"]
     assert "Conv" in ops, ops

@@ -317,6 +317,8 @@ def activation_ranges(model_path: Path, calibration: Calibration, spec: IOSpec) 
     import onnx
     import onnxruntime as ort
 
+    from stexport.targets._onnx import session_options
+
     model = onnx.shape_inference.infer_shapes(onnx.load(str(model_path)))
     g = model.graph
     float_types = {v.name for v in [*g.value_info, *g.output]
@@ -325,8 +327,7 @@ def activation_ranges(model_path: Path, calibration: Calibration, spec: IOSpec) 
     exposed = {o.name for o in g.output}
     names = [o for n in g.node for o in n.output if o in float_types and o not in states]
     g.output.extend(v for v in g.value_info if v.name in set(names) - exposed)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
+    opts = session_options(1)
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # (the names stay those quantized)
     sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     runs = (dict(zip(names, sess.run(names, {i: sample[i] for i in spec.input_names})))
