@@ -71,13 +71,16 @@ def interleaved(contenders: Sequence[Contender], feeds_at: Feeds, *, steps: int,
     tick = tick or (lambda n: None)
     live = list(contenders)
     for c in live:
-        scratch = c.new_stepper()
-        c.loop = type(scratch).__name__
-        for i in range(warmup):
-            _step(scratch, feeds_at(i))
+        try:
+            scratch = c.new_stepper()
+            c.loop = type(scratch).__name__
+            for i in range(warmup):
+                _step(scratch, feeds_at(i))
+        except Exception as e:  # a runtime that cannot run is reported, the others go on
+            c.error = f"{type(e).__name__}: {e}"
         tick(warmup)
-    streams = {c.name: c.new_stepper() for c in live}
-    probes = {c.name: c.new_stepper() for c in live}
+    streams = {c.name: c.new_stepper() for c in live if c.error is None}
+    probes = {c.name: c.new_stepper() for c in live if c.error is None}
     probe_from = steps - probe if probe > 0 else steps
     ref = next((c for c in live if c.name == reference), None)
     gc_was_enabled = gc.isenabled()

@@ -43,6 +43,16 @@ def test_schema_file_and_validator() -> None:
         validate({"schema_version": 1, "kind": "runtime"})
 
 
+def test_committed_rows_match_the_schema() -> None:
+    """Every row under `benchmarks/results/` (each machine's folder) is one the schema describes: rows written by
+    the ExecuTorch state loop (`TensorStepper`) were outside its ``state_loop`` values until 2026-12-07."""
+    files = sorted((Path(__file__).parents[1] / "benchmarks" / "results").glob("**/*.jsonl"))
+    rows = [r for f in files if f.parent.name != "precision" for r in _rows(f)]  # (precision/: rows of its own)
+    assert len(rows) > 200
+    for row in rows:
+        validate(row)
+
+
 def test_toy_stream_bench_writes_rows_table_and_plots(tmp_path: Path) -> None:
     torch.manual_seed(0)
     rows = run_bench(TinyStream(), targets=["onnx"], frames=30, windows=(1, 2, 4), out_dir=tmp_path,
@@ -114,16 +124,37 @@ def test_as_built_zero_gates_are_opened_for_timing() -> None:
 
 
 def test_toy_clip_bench_is_per_clip(tmp_path: Path) -> None:
-    rows = run_bench(TinyClip(), targets=["onnx"], clips=5, measure_memory=False, plots=False, out_dir=tmp_path,
-                     progress=False, **FAST)
+    rows = run_bench(TinyClip(), targets=["onnx", "executorch"], clips=5, measure_memory=False, plots=False,
+                     out_dir=tmp_path, progress=False, **FAST)
     for r in rows:
         validate(r)
-    assert [r["kind"] for r in rows] == ["runtime", "runtime"]  # no recompute curve for a clip model
-    onnx_row = _by(rows, "runtime", "onnx")
-    assert onnx_row["model"]["step_unit"] == "clip" and onnx_row["model"]["form"] == "clip"
-    lat = onnx_row["runtime"]["latency"]
-    assert lat["unit"] == "ms per clip" and lat["steps"] == 5 and lat["warmup_steps"] == 2
-    assert onnx_row["runtime"]["memory"] is None and onnx_row["runtime"]["parity"]["bench_max_abs_err_logits"] < 1e-4
+    assert [r["kind"] for r in rows] == ["runtime"] * 3  # no recompute curve for a clip model
+    for target in ("onnx", "executorch"):  # (ExecuTorch's stepper failed on a program without state: no rows)
+        row = _by(rows, "runtime", target)
+        assert row["status"] == "ok", row["error"]
+        assert row["model"]["step_unit"] == "clip" and row["model"]["form"] == "clip"
+        lat = row["runtime"]["latency"]
+        assert lat["unit"] == "ms per clip" and lat["steps"] == 5 and lat["warmup_steps"] == 2
+        assert row["runtime"]["memory"] is None and row["runtime"]["parity"]["bench_max_abs_err_logits"] < 1e-4
+
+
+def test_a_runtime_that_fails_its_warm_up_is_reported_and_the_others_run() -> None:
+    import numpy as np
+
+    from stexport.benchmarks.timing import Contender, interleaved
+
+    class Works:
+        def step(self, feeds: dict) -> np.ndarray:
+            return feeds["x"][:1]
+
+    class Fails:
+        def step(self, feeds: dict) -> np.ndarray:
+            raise RuntimeError("no such kernel")
+
+    good, bad = Contender("pytorch", Works), Contender("broken", Fails)
+    interleaved([good, bad], lambda i: {"x": np.full(2, float(i), np.float32)}, steps=4, warmup=2, chunk=2)
+    assert bad.error == "RuntimeError: no such kernel" and not bad.times_ms
+    assert good.error is None and len(good.times_ms) == 4
 
 
 def _real_model() -> str:

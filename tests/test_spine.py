@@ -208,6 +208,26 @@ def test_stepper_keeps_state_in_the_runtime(tmp_path: Path, target: str) -> None
         np.testing.assert_array_equal(v, state[k])
 
 
+@pytest.mark.parametrize("target", ["onnx", "tflite", "executorch"])
+def test_stepper_steps_a_clip_model(tmp_path: Path, target: str) -> None:
+    """A clip-form bundle (no state) steps one clip at a time through the runtime's own loop, as the benchmark runs
+    it: the logits of the stateless ``run``. (ExecuTorch's stepper failed on a program with no state outputs.)"""
+    from stexport.spec import IOSpec
+    from stexport.streaming import stepper
+
+    bundle = _export(TinyClip().eval(), target, tmp_path, form="clip")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    spec = IOSpec.from_json(manifest)
+    assert not spec.states
+    runner = TARGETS[target].load().Runner(bundle / manifest["artifact"]["file"], spec)
+    fast, name = stepper(runner), spec.input_names[0]
+    g = torch.Generator().manual_seed(6)
+    for _ in range(3):
+        clip = torch.rand(spec.inputs[0].shape, generator=g).numpy()
+        np.testing.assert_array_equal(fast.step({name: clip}), runner.run({name: clip})["logits"])
+    assert fast.state() == {}
+
+
 def test_executorch_stepper_runs_on_the_public_method_api(tmp_path: Path) -> None:
     """The ExecuTorch stepper calls the runtime's private binding (no output clones); a runtime without it gets
     the public ``Method.execute``, with the same logits and state."""

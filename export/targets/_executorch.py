@@ -268,7 +268,7 @@ class TensorStepper:
                  channels_last: set[str], in_place: bool = False,
                  claim: Callable[[TensorStepper], None] | None = None) -> None:
         self.run, self.spec, self.in_place, self._claim = run, spec, in_place, claim
-        self._names = spec.input_names
+        self._names, self._channels_last = spec.input_names, channels_last
         self._state_out = [spec.output_names.index(s.output) for s in spec.states]
         self._logits = spec.output_names.index("logits")
         zero = {n: torch.from_numpy(v) for n, v in spec.zero_state().items()}
@@ -279,15 +279,19 @@ class TensorStepper:
     def step(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         if self._claim is not None:
             self._claim(self)
-        args = [self._state[n] if n in self._state else torch.from_numpy(np.ascontiguousarray(feeds[n]))
-                for n in self._names]
+        args = [self._state[n] if n in self._state else self._feed(n, feeds[n]) for n in self._names]
         outs = self.run(args)
         new = [outs[i] for i in self._state_out]
         if self.in_place:
             self._state = {s.name: o for s, o in zip(self.spec.states, new)}
-        else:
+        elif new:  # (a clip program has no state)
             torch._foreach_copy_([self._own[s.name] for s in self.spec.states], new)  # one call for every state
         return outs[self._logits].detach().numpy().copy()
+
+    def _feed(self, name: str, value: np.ndarray) -> torch.Tensor:
+        """A non-state input (``frame`` or ``clip``) in the program's memory format."""
+        t = torch.from_numpy(np.ascontiguousarray(value))
+        return t.contiguous(memory_format=torch.channels_last) if name in self._channels_last else t
 
     def take_state_out(self) -> None:
         """Copy a state that lives in the program's memory into the stepper's own tensors (before another run of
