@@ -16,7 +16,6 @@ Writes ``<out>/<model>_<precision>_executorch_ops.json`` when ``--out`` is given
 
 from __future__ import annotations
 
-import argparse
 import re
 import sys
 import tempfile
@@ -26,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from stexport.benchmarks.op_profile import step_feeds, write_profile
+from stexport.benchmarks.op_profile import parse_args, print_ops, step_feeds, write_profile
 
 #: ExecuTorch's own events around operators: totals, not operators
 TOTALS = ("Method::execute", "DELEGATE_CALL", "OPERATOR_CALL")
@@ -91,18 +90,13 @@ def profile(bundle: Path, *, steps: int = 30) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m stexport.benchmarks.et_ops", description=__doc__.splitlines()[0])
-    p.add_argument("bundle", type=Path, help="an exported <out>/<model>/executorch/ folder")
-    p.add_argument("--steps", type=int, default=30)
-    p.add_argument("--out", type=Path, help="write <model>_<precision>_executorch_ops.json here")
-    args = p.parse_args(argv)
+    args = parse_args(argv, module="et_ops", doc=__doc__ or "", target="executorch", steps=30)
     res = profile(args.bundle, steps=args.steps)
     print(f"{res['model']} {res['precision']}: execute {res['execute_ms']:.3f} ms, delegate calls "
           f"{res['delegate_calls_ms']:.3f} ms (traced; medians over {res['steps']} steps)")
     for title, ops in (("XNNPACK operators", res["op_types"]), ("portable kernels", res["portable_kernels"])):
         print(f" {title}:")
-        for kind, g in ops.items():
-            print(f"  {g['ms']:7.3f} ms  {int(g['count']):4d} x  {kind}")
+        print_ops(ops)
     if args.out:
         print(f"wrote {write_profile(res, args.out, 'executorch')}")
     return 0

@@ -16,7 +16,6 @@ Writes ``<out>/<model>_<precision>_onnx_ops.json`` when ``--out`` is given.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -25,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from stexport.benchmarks.op_profile import step_feeds, write_profile
+from stexport.benchmarks.op_profile import parse_args, print_ops, step_feeds, write_profile
 
 #: steps run before the profiled ones (their events, the first run's allocations among them, are left out)
 WARMUP = 5
@@ -82,16 +81,11 @@ def profile(bundle: Path, *, steps: int = 100) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m stexport.benchmarks.ort_ops", description=__doc__.splitlines()[0])
-    p.add_argument("bundle", type=Path, help="an exported <out>/<model>/onnx/ folder of a stream model")
-    p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--out", type=Path, help="write <model>_<precision>_onnx_ops.json here")
-    args = p.parse_args(argv)
+    args = parse_args(argv, module="ort_ops", doc=__doc__ or "", target="onnx", steps=100)
     res = profile(args.bundle, steps=args.steps)
     print(f"{res['model']} {res['precision']}: run {res['run_ms']:.3f} ms (profiled; mean over {res['steps']} "
           "steps); per step:")
-    for kind, g in res["op_types"].items():
-        print(f"  {g['ms']:7.3f} ms  {g['count']:5.0f} x  {kind}")
+    print_ops(res["op_types"])
     if args.out:
         print(f"wrote {write_profile(res, args.out, 'onnx')}")
     return 0

@@ -234,10 +234,7 @@ class Runner:
 
     def run(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._claim(None)
-        args = [torch.from_numpy(np.ascontiguousarray(feeds[n])) for n in self.spec.input_names]
-        args = [a.contiguous(memory_format=torch.channels_last) if n in self.channels_last else a
-                for n, a in zip(self.spec.input_names, args)]
-        outs = self.method.execute(args)
+        outs = self.method.execute([program_input(feeds[n], n in self.channels_last) for n in self.spec.input_names])
         return {n: o.detach().numpy().copy() for n, o in zip(self.spec.output_names, outs)}
 
     def stepper(self) -> TensorStepper:
@@ -249,6 +246,13 @@ class Runner:
             return TensorStepper(self.method.execute, self.spec, channels_last=self.channels_last)
         return TensorStepper(partial(binding.call, clone_outputs=False), self.spec, channels_last=self.channels_last,
                              in_place=self.in_place, claim=self._claim)
+
+
+def program_input(value: np.ndarray, channels_last: bool) -> torch.Tensor:
+    """``value`` as a tensor in the program's memory format for that input (`program_facts`): the runtime reads it
+    by its data pointer, whatever its strides."""
+    t = torch.from_numpy(np.ascontiguousarray(value))
+    return t.contiguous(memory_format=torch.channels_last) if channels_last else t
 
 
 class TensorStepper:
@@ -279,7 +283,8 @@ class TensorStepper:
     def step(self, feeds: dict[str, np.ndarray]) -> np.ndarray:
         if self._claim is not None:
             self._claim(self)
-        args = [self._state[n] if n in self._state else self._feed(n, feeds[n]) for n in self._names]
+        args = [self._state[n] if n in self._state else program_input(feeds[n], n in self._channels_last)
+                for n in self._names]
         outs = self.run(args)
         new = [outs[i] for i in self._state_out]
         if self.in_place:
@@ -287,11 +292,6 @@ class TensorStepper:
         elif new:  # (a clip program has no state)
             torch._foreach_copy_([self._own[s.name] for s in self.spec.states], new)  # one call for every state
         return outs[self._logits].detach().numpy().copy()
-
-    def _feed(self, name: str, value: np.ndarray) -> torch.Tensor:
-        """A non-state input (``frame`` or ``clip``) in the program's memory format."""
-        t = torch.from_numpy(np.ascontiguousarray(value))
-        return t.contiguous(memory_format=torch.channels_last) if name in self._channels_last else t
 
     def take_state_out(self) -> None:
         """Copy a state that lives in the program's memory into the stepper's own tensors (before another run of
