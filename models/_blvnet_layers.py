@@ -30,16 +30,22 @@ STEM_WIDTH = 64
 STAGE_WIDTHS = (64, 128, 256, 512)  # bottleneck widths; outputs are 4x these
 
 
-def shift_frames(y: Tensor, offset: int, *, frames: int, channels: int) -> Tensor:
+def shift_frames(y: Tensor, offset: int, *, frames: int, channels: int, zeros: str = "like") -> Tensor:
     """``y`` ``[N, T*C, H, W]`` (frame-major, ``T = frames``, ``C = channels``) -> ``z`` with
-    ``z[:, t] = y[:, t + offset]``, zero where ``t + offset`` is outside ``[0, T)``. Static slices only."""
+    ``z[:, t] = y[:, t + offset]``, zero where ``t + offset`` is outside ``[0, T)``. Static slices only. The zeros:
+    ``"like"`` a ``zeros_like`` concatenated (the authors' form); ``"pad"`` a constant pad (XNNPACK pads float32);
+    ``"constant"`` zeros of a static shape concatenated, a constant once a quantizing export folds it (ExecuTorch
+    ran ``zeros_like`` and its concatenation outside its delegate)."""
     if offset == 0:
         return y
     if abs(offset) >= frames:
         return torch.zeros_like(y)
     k = abs(offset) * channels
     keep = (frames - abs(offset)) * channels
-    pad = torch.zeros_like(y[:, :k])
+    if zeros == "pad":
+        return F.pad(y[:, k:], (0, 0, 0, 0, 0, k)) if offset > 0 else F.pad(y[:, :keep], (0, 0, 0, 0, k, 0))
+    n, _, h, w = y.shape
+    pad = y.new_zeros(n, k, h, w) if zeros == "constant" else torch.zeros_like(y[:, :k])
     if offset > 0:
         return torch.cat([y[:, k:], pad], dim=1)
     return torch.cat([pad, y[:, :keep]], dim=1)
@@ -53,16 +59,55 @@ def split_pairs(x: Tensor) -> tuple[Tensor, Tensor]:
     return pairs[:, :c], pairs[:, c:]
 
 
-def duplicate_pairs(y: Tensor) -> Tensor:
-    """``[N*T/2, C, H, W]`` -> ``[N*T, C, H, W]`` with frames ``2k`` and ``2k+1`` both equal to ``y[k]``."""
+def duplicate_pairs(y: Tensor, *, distinct: bool = False) -> Tensor:
+    """``[N*T/2, C, H, W]`` -> ``[N*T, C, H, W]`` with frames ``2k`` and ``2k+1`` both equal to ``y[k]``.
+    ``distinct``: the concatenation's second operand is a copy (`_twice`)."""
     _, c, h, w = y.shape
-    return torch.cat([y, y], dim=1).reshape(-1, c, h, w)
+    return _twice(y, dim=1, distinct=distinct).reshape(-1, c, h, w)
 
 
-def upsample_like(big: Tensor, little: Tensor) -> Tensor:
+def _twice(y: Tensor, *, dim: int, distinct: bool = True) -> Tensor:
+    """``y`` concatenated with itself along ``dim``; ``distinct``: with a copy of itself, because ExecuTorch's
+    XNNPACK partitioner counts a concatenation's distinct input nodes and leaves ``cat([y, y])`` to a portable
+    kernel outside its delegate (the copy runs inside it)."""
+    return torch.cat([y, y.clone() if distinct else y], dim=dim)
+
+
+def upsample_like(big: Tensor, little: Tensor, *, by_concat: bool = False) -> Tensor:
     """Nearest-neighbour resize of ``big`` ``[B, C, h, w]`` to the spatial size of ``little`` ``[B, C', H, W]``
-    (the authors' ``F.interpolate(big, little.shape[2:])``; with ``H = 2h`` it is a plain 2x nearest upsample)."""
+    (the authors' ``F.interpolate(big, little.shape[2:])``; with ``H = 2h`` it is a plain 2x nearest upsample).
+    ``by_concat``: that 2x case as rank-4 concatenations and reshapes (`upsample2x_by_concat`), the same values."""
+    h, w = big.shape[-2:]
+    if by_concat and tuple(little.shape[-2:]) == (2 * h, 2 * w):
+        return upsample2x_by_concat(big)
     return F.interpolate(big, size=little.shape[-2:], mode="nearest")
+
+
+def upsample2x_by_concat(x: Tensor) -> Tensor:
+    """``[B, C, h, w]`` -> ``[B, C, 2h, 2w]``, each pixel repeated 2x2 (nearest), by two concatenations of a tensor
+    with itself: ops that XNNPACK runs (ExecuTorch's XNNPACK delegate has no nearest resize)."""
+    b, c, h, w = x.shape
+    y = _twice(x.reshape(b, c * h, w, 1), dim=3).reshape(b, c * h, 1, 2 * w)  # columns doubled
+    return _twice(y, dim=2).reshape(b, c, 2 * h, 2 * w)  # rows doubled
+
+
+class ShortcutPool(nn.AvgPool2d):
+    """The strided shortcut's ``AvgPool2d(3, 2, 1)`` over ``channels`` (padding counted: the border windows divide
+    by 9). With ``xnnpack_forms`` it runs as a depthwise 3x3 / 2 conv of constant weights 1/9 (the same average up to
+    float rounding; the weights are a buffer left out of the state_dict): XNNPACK's average pool leaves the padding
+    out of the count, so ExecuTorch ran this pool outside its delegate, as a slow portable kernel."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(3, stride=2, padding=1)
+        self.xnnpack_forms = False
+        self.mean_weight: Tensor
+        self.register_buffer("mean_weight", torch.full((channels, 1, 3, 3), 1.0 / 9.0), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``[B, C, H, W]`` -> ``[B, C, ceil(H/2), ceil(W/2)]``."""
+        if not self.xnnpack_forms:
+            return super().forward(x)
+        return F.conv2d(x, self.mean_weight, stride=2, padding=1, groups=x.shape[1])
 
 
 def _depthwise_1x1(channels: int) -> nn.Conv2d:
@@ -84,6 +129,7 @@ class TAM(nn.Module):
         self.num_frames = num_frames
         self.channels = channels
         self.blending_frames = blending_frames
+        self.zeros = "like"  # `shift_frames`' ``zeros``
         if blending_frames == 3:
             # registration order follows the authors' (prev, next, curr)
             self.prev = _depthwise_1x1(channels)
@@ -105,7 +151,7 @@ class TAM(nn.Module):
             # PyTorch's per-group slow path for grouped convs on CPU
             weight = cast(nn.Conv2d, self.get_submodule(name)).weight
             y = (x * weight.reshape(1, c, 1, 1)).reshape(-1, t * c, h, w)
-            y = shift_frames(y, offset, frames=t, channels=c)
+            y = shift_frames(y, offset, frames=t, channels=c, zeros=self.zeros)
             out = y if out is None else out + y
         assert out is not None
         return F.relu(out).reshape(-1, c, h, w)
@@ -157,7 +203,7 @@ def make_stage(inplanes: int, planes: int, blocks: int, *, stride: int = 1, last
     there are several (a single block always ends with ReLU, as in the authors' ``bLModule._make_layer``)."""
     parts: list[nn.Module] = []
     if stride != 1:
-        parts.append(nn.AvgPool2d(3, stride=2, padding=1))
+        parts.append(ShortcutPool(inplanes))
     if inplanes != planes:
         parts += [nn.Conv2d(inplanes, planes, kernel_size=1, bias=False), nn.BatchNorm2d(planes)]
     downsample = nn.Sequential(*parts) if parts else None
@@ -191,14 +237,15 @@ class BigLittleStage(nn.Module):
                                       nn.BatchNorm2d(out_channels))
         self.fusion = make_stage(out_channels, out_channels, 1, stride=stride)
         self.tam = TAM(in_channels, num_frames, blending_frames=blending_frames)
+        self.xnnpack_forms = False  # `upsample_like`'s ``by_concat``
 
     def forward(self, x: Tensor) -> Tensor:
         """``x`` ``[N*T, C_in, H, W]`` (frames of a pair equal, except at the stem input) -> ``[N*T, C_out, ...]``."""
         little_in, big_in = split_pairs(self.tam(x))
         big = self.big(big_in)
         little = self.little_e(self.little(little_in))
-        fused = self.fusion(self.relu(upsample_like(big, little) + little))
-        return duplicate_pairs(fused)
+        fused = self.fusion(self.relu(upsample_like(big, little, by_concat=self.xnnpack_forms) + little))
+        return duplicate_pairs(fused, distinct=self.xnnpack_forms)
 
 
 class BigLittleBackbone(nn.Module):
@@ -233,6 +280,7 @@ class BigLittleBackbone(nn.Module):
         self.bl_init = nn.Conv2d(w0, w0, kernel_size=1, bias=False)
         self.bn_bl_init = nn.BatchNorm2d(w0)
         self.tam = TAM(w0, num_frames, blending_frames=blending_frames)
+        self.xnnpack_forms = False  # `duplicate_pairs`' ``distinct``
 
         outs = [w * Bottleneck.expansion for w in STAGE_WIDTHS]
         ins = [w0, *outs[:2]]
@@ -256,7 +304,7 @@ class BigLittleBackbone(nn.Module):
         little = self.bn_l2(self.l_conv2(little))
         y = self.relu(big + little)
         y = self.relu(self.bn_bl_init(self.bl_init(y)))
-        return duplicate_pairs(y)
+        return duplicate_pairs(y, distinct=self.xnnpack_forms)
 
     def forward(self, x: Tensor) -> Tensor:
         """Frames ``[N*T, 3, H, W]`` -> ``[N*T/2, 2048]`` (or ``[N*T/2, fc_classes]``)."""
@@ -278,5 +326,6 @@ def average_frames(logits: Tensor, *, frames: int) -> Tensor:
     return logits.reshape(-1, frames, logits.shape[-1]).mean(dim=1)
 
 
-__all__ = ["TAM", "BigLittleBackbone", "BigLittleStage", "Bottleneck", "average_frames", "duplicate_pairs",
-           "frame_batch", "make_stage", "shift_frames", "split_pairs", "upsample_like"]
+__all__ = ["TAM", "BigLittleBackbone", "BigLittleStage", "Bottleneck", "ShortcutPool", "average_frames",
+           "duplicate_pairs", "frame_batch", "make_stage", "shift_frames", "split_pairs", "upsample2x_by_concat",
+           "upsample_like"]

@@ -20,12 +20,13 @@ Checkpoints: the released files (``st2stv2-bLVNet-TAM-50-a2-b4-f8x2.pth.tar``) a
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from torch import Tensor, nn
 
 from ._base import ClipModel
-from ._blvnet_layers import BigLittleBackbone, average_frames, frame_batch
+from ._blvnet_layers import TAM, BigLittleBackbone, BigLittleStage, ShortcutPool, average_frames, frame_batch
 from ._registry import IMAGENET_MEAN, IMAGENET_STD, ModelEntry, Preprocess, register
 
 
@@ -49,6 +50,27 @@ class BLVNetTAM(ClipModel):
                                                 blending_frames=blending_frames, dropout=dropout,
                                                 fc_classes=0 if dropout > 0 else num_classes)
         self.new_fc = nn.Linear(self.baseline_model.feature_dim, num_classes) if dropout > 0 else None
+        self.export_form = ""  # `with_step_layout`: "" as built, "float" or "integer" (the "nchw" forms)
+
+    def with_step_layout(self, name: str, *, integer: bool = False) -> BLVNetTAM:
+        """``"nchw"`` (ExecuTorch, ONNX Runtime, Core ML): a copy (same weights) whose strided shortcuts' average
+        pools run as depthwise convs (`ShortcutPool`), whose 2x nearest upsamples are concatenations
+        (`upsample2x_by_concat`), whose TAM shifts fill their zeros by a pad (float) or a constant (``integer``;
+        `shift_frames`) and whose pair copies concatenate distinct nodes (`duplicate_pairs`): ops that ExecuTorch's
+        XNNPACK delegate takes. ``"nhwc"`` (LiteRT, whose converter lowers the authors' ops as they are): the model
+        as built. The forms agree to float rounding."""
+        super().with_step_layout(name, integer=integer)
+        form = "" if name == "nhwc" else "integer" if integer else "float"
+        if form == self.export_form:
+            return self
+        other = copy.deepcopy(self)
+        other.export_form = form
+        for m in other.modules():
+            if isinstance(m, TAM):
+                m.zeros = {"": "like", "float": "pad", "integer": "constant"}[form]
+            elif isinstance(m, (BigLittleBackbone, BigLittleStage, ShortcutPool)):
+                m.xnnpack_forms = bool(form)
+        return other
 
     def forward_packed(self, x: Tensor) -> Tensor:
         """``x`` ``[N, T*3, H, W]`` (channel ``t*3 + c``) -> logits ``[N, num_classes]`` (mean over big frames)."""

@@ -12,7 +12,7 @@ from conftest import clip_input, filled_state_dict, load_fixture, max_err, strea
 
 import stexport.models as M
 from stexport.models import CheckpointMismatchError, ClipModel
-from stexport.models._blvnet_layers import TAM, duplicate_pairs, split_pairs
+from stexport.models._blvnet_layers import TAM, duplicate_pairs, split_pairs, upsample2x_by_concat, upsample_like
 
 FIXTURE = "blvnet_tam/ssv2_r50_a2b4_f8x2_224.json"
 NAME = "blvnet_tam_r50"
@@ -191,3 +191,48 @@ def test_export_max_rank(small_model: ClipModel) -> None:
                        else node.meta["val"]) if isinstance(v, torch.Tensor)]
     assert ranks and max(ranks) <= 4, f"max tensor rank {max(ranks)}"
     print(f"max tensor rank in forward_packed: {max(ranks)}")
+
+
+def test_upsample_by_concat_is_nearest() -> None:
+    torch.manual_seed(3)
+    big, little = torch.randn(2, 5, 3, 4), torch.randn(2, 7, 6, 8)
+    assert torch.equal(upsample2x_by_concat(big), F.interpolate(big, size=(6, 8), mode="nearest"))
+    assert torch.equal(upsample_like(big, little, by_concat=True), upsample2x_by_concat(big))
+    odd = torch.randn(2, 7, 7, 8)  # not 2x: the general resize, as the authors'
+    assert torch.equal(upsample_like(big, odd, by_concat=True), F.interpolate(big, size=(7, 8), mode="nearest"))
+
+
+def test_nchw_export_form_runs_in_xnnpack_ops(small_model: ClipModel) -> None:
+    """``with_step_layout("nchw")``: a copy whose shortcut pools are depthwise convs, whose 2x upsamples are
+    concatenations and whose TAM shifts pad, the same logits to float rounding; ExecuTorch ran the authors' forms
+    (and the TAM's zeros) as portable kernels outside its delegate (21 delegate calls, 2.6x LiteRT's time).
+    ``"nhwc"``: the model as built."""
+    from torch.export import export
+
+    form = small_model.with_step_layout("nchw")
+    assert form is not small_model and small_model.with_step_layout("nhwc") is small_model
+    assert form.with_step_layout("nchw") is form and form.with_step_layout("nhwc") is not form
+    integer = small_model.with_step_layout("nchw", integer=True)  # its zeros: a constant, not a float pad
+    assert integer is not form and integer.with_step_layout("nchw", integer=True) is integer
+    torch.manual_seed(4)
+    x = torch.randn(1, 48, SMALL, SMALL)
+    with torch.no_grad():
+        want = small_model.forward_packed(x).numpy()
+        assert max_err(form.forward_packed(x).numpy(), want) <= 1e-5
+        assert max_err(integer.forward_packed(x).numpy(), want) <= 1e-5
+
+    def ops(m: ClipModel) -> set[str]:
+        class Packed(torch.nn.Module):
+            def __init__(self) -> None:
+                super().__init__()
+                self.m = m
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return self.m.forward_packed(x)
+
+        graph = export(Packed(), (x,)).run_decompositions().graph
+        return {str(n.target) for n in graph.nodes if n.op == "call_function"}
+
+    authors = {"aten.avg_pool2d.default", "aten.upsample_nearest2d.vec"}
+    assert authors <= ops(small_model)
+    assert not (authors | {"aten.full_like.default", "aten.full.default"}) & ops(form)

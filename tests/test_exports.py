@@ -127,7 +127,8 @@ def test_export_reproduces_authors_outputs(tmp_path: Path, name: str, target: st
         assert name != "movinet_a0_stream" or graph["ops_total"] < PEER_A0_TFLITE_OPS, graph  # measured: 317
     if name == "tsm_mobilenetv2_online" and target == "tflite":
         check_tsm_online_tflite(artifact, max_ops=TSM_ONLINE_TFLITE_OPS)
-    if name.startswith("movinet") and target == "executorch":  # ... and in one XNNPACK delegate call
+    if (name.startswith("movinet") or name == "blvnet_tam_r50") and target == "executorch":  # one delegate call
+        # (bLVNet: its authors' shortcut pools, 2x upsamples and shift zeros ran as portable kernels, 21 calls)
         assert manifest["converter"]["delegate_calls"] == 1, manifest["converter"]
     if target == "executorch":  # inputs read in place, not copied into the program's memory (the loop below runs it)
         assert manifest["converter"]["inputs_memory_planned"] is False
