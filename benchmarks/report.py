@@ -7,8 +7,6 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from stexport.benchmarks.suite import RESULTS_DIR
-
 COMMANDS = """\
 ```bash
 pip install -e '.[all]'
@@ -27,14 +25,10 @@ runtime in a fresh subprocess (peak minus the idle interpreter). GFLOPs are coun
 `torch.utils.flop_counter.FlopCounterMode`; `% ceiling` compares achieved GFLOP/s with XNNPACK's fp32 throughput
 on one large 3x3 conv (LiteRT) at the same thread count in the same run (rows measured before that ceiling existed
 show `% matmul`, against a torch fp32 matmul, which understates the core ~2x). 1 thread unless stated, ONNX
-Runtime without spinning. Models run with weights as built (speed does not depend on weight values), except that
-since 2026-12-05 23:25 UTC MoViNet's ReZero gates, 0 as built, are set to 0.5: with a gate of 0 LiteRT's converter
-folded the branch away (the base MoViNet rows measured before then, LiteRT at "136% matmul", timed a graph without
-its residual branches; `movinet_a0` was re-run). Numbers from a shared 2-core machine: compare only rows of the
-same run. ExecuTorch int8 rows' `artifact MB` (and the Precision
-table's `size (KB)`) predate 2026-12-05 19:44 UTC: until then each int8 program also carried the float32 weights it
-was quantized from, unused (A0: 18.9 MB, now 4.0 MB beside the 15.1 MB fp32 program; speed unchanged, 2.13 vs
-2.11 ms in one process)."""
+Runtime without spinning. Models run with weights as built (speed does not depend on weight values), except
+MoViNet's ReZero gates, 0 as built, which are set to 0.5: with a gate of 0 LiteRT's converter folds the residual
+branch away and the row would time a graph without it. Every row names its machine and run: compare only rows of
+the same run."""
 
 
 def load_rows(out_dir: Path) -> list[dict[str, Any]]:
@@ -166,6 +160,16 @@ def summary(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
+def plots_prefix(out_dir: Path) -> str:
+    """How ``README_section.md`` links its plots: from the current directory (the project root, where the section is
+    pasted into the README) when ``out_dir`` is under it, e.g. ``benchmarks/results/amd_zen5/plots/``; else
+    ``plots/``, beside the section."""
+    try:
+        return f"{out_dir.resolve().relative_to(Path.cwd().resolve()).as_posix()}/plots/"
+    except ValueError:
+        return "plots/"
+
+
 def write_reports(out_dir: Path, *, plots: bool = True) -> dict[str, Path]:
     """``table.md``, ``summary.json``, ``plots/*.png`` and ``README_section.md`` from every row in ``out_dir``."""
     rows = load_rows(out_dir)
@@ -198,7 +202,7 @@ def write_reports(out_dir: Path, *, plots: bool = True) -> dict[str, Path]:
     written["table"] = out_dir / "table.md"
     (out_dir / "summary.json").write_text(json.dumps(summary(rows), indent=1) + "\n")
     written["summary"] = out_dir / "summary.json"
-    prefix = "benchmarks/results/plots/" if out_dir.resolve() == RESULTS_DIR.resolve() else "plots/"
+    prefix = plots_prefix(out_dir)
     section = ["## Benchmarks", "", METHOD, "", "Machine:", "", machine, "", *tables, ""]
     for title, file in images:
         section += [f"![{title}]({prefix}{file})", ""]

@@ -48,7 +48,7 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".ppm", ".
 #: +3.7 dB on LiteRT, ONNX Runtime and ExecuTorch; movinet_a0_stream_motion7 on ExecuTorch +1.0 and +1.6 dB in two
 #: draws (98.1% -> 99.1% and 98.7% -> 98.9%, fp32 99.4%), on LiteRT -0.5 dB (98.7% -> 98.7%), on ONNX Runtime
 #: -0.2 dB in both draws (98.6% -> 98.3%, 98.1% -> 98.6%). Sampling 128 of twice as many frames gained half as much.
-#: README "How much calibration" has the table.
+#: docs/precision.md, "How much calibration", has the table.
 STREAM_FRAMES = 256
 CLIP_COUNT = 16
 #: ... unless the stream samples would pass this many bytes of files (every state is in each sample): then half.

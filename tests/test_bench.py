@@ -112,6 +112,17 @@ def test_default_results_folder_is_under_the_current_directory(tmp_path: Path,
     assert after == before
 
 
+def test_readme_section_links_plots_from_the_project_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The section is pasted into the top-level README, so a results folder under the current directory (the
+    project root) is linked from there, a machine's own folder included; one elsewhere links beside itself."""
+    from stexport.benchmarks.report import plots_prefix
+
+    monkeypatch.chdir(tmp_path)
+    assert plots_prefix(Path("benchmarks") / "results") == "benchmarks/results/plots/"
+    assert plots_prefix(tmp_path / "benchmarks" / "results" / "amd_zen5") == "benchmarks/results/amd_zen5/plots/"
+    assert plots_prefix(tmp_path.parent / "elsewhere") == "plots/"
+
+
 def test_as_built_zero_gates_are_opened_for_timing() -> None:
     """As built, MoViNet's ReZero gates are 0 and LiteRT's converter folded ``x + 0 * branch`` away, so a base
     MoViNet row timed a graph without its residual branches: the bench opens them (0.5) and says so in the row."""

@@ -491,7 +491,7 @@ def test_a0_stream_fixture_in_reduced_precision(tmp_path: Path, target: str, pre
 MOTION7 = ("movinet_a0_stream_motion7", "tsm_mobilenetv2_online_motion7")
 MATRIX = [pytest.param(m, t, p, id=f"{m}-{t}-{p}", marks=pytest.mark.slow)
           for m in MOTION7 for t in ("onnx", "tflite", "executorch") for p in TARGETS[t].precisions if p != "fp32"]
-# accuracy may drop at most this much below PyTorch fp32 on the first 140 test clips (measured: see README)
+# accuracy may drop at most this much below PyTorch fp32 on the first 140 test clips (measured: docs/precision.md)
 MAX_DROP = {"fp16": 0.0, "int8-dynamic": 0.03, "int8": 0.05}
 
 
