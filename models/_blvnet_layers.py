@@ -237,7 +237,7 @@ class BigLittleStage(nn.Module):
                                       nn.BatchNorm2d(out_channels))
         self.fusion = make_stage(out_channels, out_channels, 1, stride=stride)
         self.tam = TAM(in_channels, num_frames, blending_frames=blending_frames)
-        self.xnnpack_forms = False  # `upsample_like`'s ``by_concat``
+        self.xnnpack_forms = False  # `upsample_like`'s ``by_concat``, `duplicate_pairs`' ``distinct``
 
     def forward(self, x: Tensor) -> Tensor:
         """``x`` ``[N*T, C_in, H, W]`` (frames of a pair equal, except at the stem input) -> ``[N*T, C_out, ...]``."""
